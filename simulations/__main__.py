@@ -1,0 +1,46 @@
+"""Command-line entry point: ``python -m simulations EXPERIMENT [flags]``.
+
+Bad input prints one line on stderr and exits with code 2 (never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from simulations.experiments import weighting
+from simulations.flow import FlowDivergenceError
+
+EXPERIMENTS = {"weighting": weighting}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m simulations", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="experiment", required=True, parser_class=_Parser)
+    for name, module in EXPERIMENTS.items():
+        sub = subparsers.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return EXPERIMENTS[args.experiment].main(args)
+    except ValueError as error:
+        print(f"python -m simulations {args.experiment}: error: {error}", file=sys.stderr)
+        return 2
+    except FlowDivergenceError as error:
+        print(f"python -m simulations {args.experiment}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

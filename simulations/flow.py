@@ -1,0 +1,283 @@
+"""Gradient flow d(theta)/dt = -grad L(theta) to a certified steady state.
+
+One call integrates the flow with an adaptive ODE solver (diffrax; default :class:`RKC2`, chosen
+from the measurements in bench/ and the README) until a steady-state event fires, records the
+parameters on a user-given time grid, and certifies the end point:
+
+* Steady-state event (cheap, every step): along the flow direction g = -grad L, the curvature
+  kappa = g^T H g / |g|^2 (one Hessian-vector product) must be positive, and the loss still to
+  be gained under the quadratic model along g, |g|^2 / (2 kappa), must be below
+  ``loss_tol * max(|L|, 1)``. On a saddle plateau the flow runs along an escape direction, so
+  kappa < 0 and the event cannot fire however small the gradient is.
+* Certification (once, after the solve): the smallest Hessian eigenvalue. A clearly negative one
+  (below ``-saddle_tol * lambda_max``) means the flow stopped near a saddle whose escape direction
+  had not yet taken over; the flow then continues for at least ``escape_factor / |lambda_min|``
+  before the event may fire again. This repeats up to ``max_restarts`` times.
+
+Time is gradient-flow time, which equals learning rate x steps for gradient descent, so
+simulations and closed-form trajectories share one axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from simulations.rkc import RKC2
+from theory._checks import check_choice, check_float, check_int
+
+SOLVERS = ("rkc", "kvaerno5", "tsit5", "euler")
+
+
+class FlowDivergenceError(RuntimeError):
+    """Gradient flow produced NaN/inf or blew up."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FlowOptions:
+    """Integrator settings (hashable: a change recompiles, so sweeps vary ``args`` instead).
+
+    Attributes:
+        solver: "rkc" (default: stabilized explicit, gradients only), "kvaerno5" (implicit, dense
+            LU per step), "tsit5" (explicit adaptive), "euler" (fixed step ``euler_step``).
+        rtol, atol: local error tolerances of the adaptive step-size controller.
+        loss_tol: steady state when the loss still to be gained is below loss_tol * max(|L|, 1).
+        max_time: stop (converged=False) if no steady state by this time.
+        max_steps: cap on solver steps per segment.
+        euler_step: step of the fixed-step solver.
+        certify: run the Hessian certification (parameter count up to ``certify_max_params``).
+        saddle_tol: relative size of a negative Hessian eigenvalue that counts as a saddle.
+        escape_factor: after a saddle, integrate escape_factor / |lambda_min| longer (capped at
+            the time elapsed so far) before the steady-state event may fire again.
+        max_restarts: how many saddles the certification may push the flow past.
+    """
+
+    solver: str = "rkc"
+    rtol: float = 1e-5
+    atol: float = 1e-8
+    loss_tol: float = 1e-13
+    max_time: float = 1e12
+    max_steps: int = 1_000_000
+    euler_step: float = 1e-2
+    certify: bool = True
+    certify_max_params: int = 4096
+    saddle_tol: float = 1e-9
+    escape_factor: float = 2.0
+    max_restarts: int = 64
+
+    def __post_init__(self):
+        check_choice("solver", self.solver, SOLVERS)
+        check_float("rtol", self.rtol, minimum=0.0, strict_minimum=True)
+        check_float("atol", self.atol, minimum=0.0, strict_minimum=True)
+        check_float("loss_tol", self.loss_tol, minimum=0.0, strict_minimum=True)
+        check_float("max_time", self.max_time, minimum=0.0, strict_minimum=True)
+        check_int("max_steps", self.max_steps, minimum=1)
+        check_float("euler_step", self.euler_step, minimum=0.0, strict_minimum=True)
+        check_float("saddle_tol", self.saddle_tol, minimum=0.0)
+        check_float("escape_factor", self.escape_factor, minimum=0.0, strict_minimum=True)
+        check_int("max_restarts", self.max_restarts, minimum=0)
+
+
+class FlowResult(NamedTuple):
+    """Outcome of :func:`gradient_flow` (leading batch axis on every field when batched).
+
+    Attributes:
+        params: final parameters (pytree like the initial ones).
+        times: the recording grid, shape (T,), or None.
+        trajectory: parameters at ``times`` (pytree, leaves with a leading T axis), or None.
+            Grid points after the steady state hold the steady state.
+        converged: steady-state event fired and certification found no saddle.
+        t_final: time at which the flow stopped.
+        steps: accepted solver steps (all segments).
+        loss: final loss.
+        min_curvature: smallest Hessian eigenvalue at the end (nan when not certified).
+        restarts: how many saddles certification pushed the flow past.
+    """
+
+    params: Any
+    times: Any
+    trajectory: Any
+    converged: Any
+    t_final: Any
+    steps: Any
+    loss: Any
+    min_curvature: Any
+    restarts: Any
+
+
+def _solver(options: FlowOptions):
+    return {
+        "rkc": RKC2,
+        "kvaerno5": diffrax.Kvaerno5,
+        "tsit5": diffrax.Tsit5,
+        "euler": diffrax.Euler,
+    }[options.solver]()
+
+
+def _steady_condition(loss_fn, options):
+    def condition(t, y, args, **kwargs):
+        user_args, t_arm = args
+        value, grad = jax.value_and_grad(loss_fn)(y, user_args)
+        flow = jax.tree_util.tree_map(jnp.negative, grad)
+        g2 = sum(jnp.vdot(g, g) for g in jax.tree_util.tree_leaves(flow))
+        hvp = jax.jvp(lambda p: jax.grad(loss_fn)(p, user_args), (y,), (flow,))[1]
+        curvature_times_g2 = sum(
+            jnp.vdot(g, h) for g, h in zip(jax.tree_util.tree_leaves(flow), jax.tree_util.tree_leaves(hvp))
+        )
+        gain = g2 * g2 / (2.0 * jnp.where(curvature_times_g2 > 0, curvature_times_g2, 1.0))
+        steady = (curvature_times_g2 > 0) & (gain <= options.loss_tol * jnp.maximum(jnp.abs(value), 1.0))
+        steady = steady | (g2 == 0)
+        return steady & (t >= t_arm)
+
+    return condition
+
+
+def _segment(loss_fn, options: FlowOptions, params0, user_args, t_start, t_arm, times):
+    """One diffrax solve from t_start to max_time, ending at the steady-state event."""
+
+    def vector_field(t, y, args):
+        return jax.tree_util.tree_map(jnp.negative, jax.grad(loss_fn)(y, args[0]))
+
+    term = diffrax.ODETerm(vector_field)
+    if options.solver == "euler":
+        controller, dt0 = diffrax.ConstantStepSize(), options.euler_step
+    else:
+        controller, dt0 = diffrax.PIDController(rtol=options.rtol, atol=options.atol), None
+    subs = [diffrax.SubSaveAt(t1=True)]
+    if times is not None:
+        subs.append(diffrax.SubSaveAt(ts=jnp.clip(times, t_start, None)))
+    solution = diffrax.diffeqsolve(
+        term, _solver(options), t_start, options.max_time, dt0, params0, args=(user_args, t_arm),
+        stepsize_controller=controller, saveat=diffrax.SaveAt(subs=subs), max_steps=options.max_steps,
+        event=diffrax.Event(_steady_condition(loss_fn, options)), throw=False,
+    )
+    final = jax.tree_util.tree_map(lambda leaf: leaf[-1], solution.ys[0])
+    t_final = solution.ts[0][-1]
+    trajectory = None
+    if times is not None:
+        # Grid points past the event are inf in diffrax; the flow is at steady state there.
+        trajectory = jax.tree_util.tree_map(
+            lambda leaf, last: jnp.where((times > t_final).reshape((-1,) + (1,) * last.ndim), last, leaf),
+            solution.ys[1], final,
+        )
+    event_fired = solution.event_mask if solution.event_mask is not None else jnp.array(False)
+    return dict(
+        params=final, t_final=t_final, trajectory=trajectory,
+        steps=solution.stats["num_accepted_steps"], event=jnp.asarray(event_fired),
+        failed=(solution.result != diffrax.RESULTS.successful) & (solution.result != diffrax.RESULTS.event_occurred),
+        loss=loss_fn(final, user_args),
+    )
+
+
+_segment_jit = jax.jit(_segment, static_argnums=(0, 1))
+_segment_batched = jax.jit(jax.vmap(_segment, in_axes=(None, None, 0, 0, 0, 0, None)), static_argnums=(0, 1))
+
+
+def _hessian_extremes(loss_fn, params, user_args):
+    flat, unravel = ravel_pytree(params)
+    hessian = jax.hessian(lambda v: loss_fn(unravel(v), user_args))(flat)
+    eigenvalues = jnp.linalg.eigvalsh(hessian)
+    return eigenvalues[0], eigenvalues[-1]
+
+
+_hessian_jit = jax.jit(_hessian_extremes, static_argnums=0)
+_hessian_batched = jax.jit(jax.vmap(_hessian_extremes, in_axes=(None, 0, 0)), static_argnums=0)
+
+
+def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options: FlowOptions | None = None,
+                  batched: bool = False) -> FlowResult:
+    """Integrate d(theta)/dt = -grad_theta loss_fn(theta, args) to a certified steady state.
+
+    Args:
+        loss_fn: ``loss_fn(params, args) -> scalar``; must be a stable (module-level or cached)
+            callable, since it is a static argument of the compiled solve.
+        params0: initial parameter pytree (leading batch axis on every leaf if ``batched``).
+        args: array pytree passed to ``loss_fn`` (hyperparameters, moments); batched like params0.
+            Varying its values never recompiles.
+        times: optional increasing grid (T,) at which to record the parameters.
+        options: :class:`FlowOptions` (defaults documented there).
+        batched: vmap the solve over the leading axis of ``params0`` and ``args``.
+
+    Returns:
+        :class:`FlowResult`.
+
+    Raises:
+        FlowDivergenceError: NaN/inf in the parameters or loss, naming the time and step.
+    """
+    options = options or FlowOptions()
+    if times is not None:
+        times = jnp.asarray(times)
+        if times.ndim != 1 or not bool(jnp.all(jnp.isfinite(times))) or bool(jnp.any(jnp.diff(times) < 0)) \
+                or bool(jnp.any(times < 0)):
+            raise ValueError("times must be a finite, non-negative, non-decreasing 1-D grid")
+    leaves = jax.tree_util.tree_leaves(params0)
+    batch = leaves[0].shape[0] if batched else None
+    dtype = leaves[0].dtype
+    zeros = jnp.zeros((batch,) if batched else (), dtype)
+    run = _segment_batched if batched else _segment_jit
+    hessian = _hessian_batched if batched else _hessian_jit
+
+    t_start, t_arm = zeros, zeros
+    params, steps, restarts = params0, jnp.zeros_like(zeros, dtype=jnp.int32), jnp.zeros_like(zeros, dtype=jnp.int32)
+    trajectory, min_curvature = None, jnp.full_like(zeros, jnp.nan)
+    n_params = sum(int(np.prod(leaf.shape[1:] if batched else leaf.shape)) for leaf in leaves)
+    for _ in range(options.max_restarts + 1):  # Python loop over saddles, not steps
+        out = run(loss_fn, options, params, args, t_start, t_arm, times)
+        _check_finite(out, steps, batched)
+        if times is not None:
+            trajectory = out["trajectory"] if trajectory is None else jax.tree_util.tree_map(
+                lambda old, new: jnp.where(_expand(times[None] if batched else times, old, t_start, batched), old, new),
+                trajectory, out["trajectory"])
+        params, steps = out["params"], steps + out["steps"]
+        converged = out["event"] & ~out["failed"]
+        if not (options.certify and n_params <= options.certify_max_params):
+            break
+        lam_min, lam_max = hessian(loss_fn, params, args)
+        min_curvature = lam_min
+        saddle = converged & (lam_min < -options.saddle_tol * jnp.maximum(jnp.abs(lam_max), 1e-300))
+        if not bool(jnp.any(saddle)):
+            break
+        restarts = restarts + saddle.astype(jnp.int32)
+        t_start = out["t_final"]
+        # Wait out the escape (~1/|lambda_min| on a degenerate plateau), but at most the time elapsed
+        # so far: plateaus of saddle-to-saddle dynamics scale with it, so at worst time doubles.
+        wait = jnp.minimum(options.escape_factor / jnp.abs(lam_min), t_start)
+        t_arm = jnp.where(saddle, t_start + wait, t_start)
+    else:
+        converged = converged & ~saddle
+    return FlowResult(params=params, times=times, trajectory=trajectory, converged=converged,
+                      t_final=out["t_final"], steps=steps, loss=out["loss"], min_curvature=min_curvature,
+                      restarts=restarts)
+
+
+def _expand(times, leaf, t_start, batched):
+    """Mask (broadcastable to ``leaf``) of grid points already recorded by earlier segments."""
+    if batched:
+        mask = times < t_start[:, None]
+    else:
+        mask = times < t_start
+    return mask.reshape(mask.shape + (1,) * (leaf.ndim - mask.ndim))
+
+
+def _check_finite(out, steps_before, batched):
+    """Raise FlowDivergenceError if any point's parameters or loss are non-finite."""
+    per_point = [np.isfinite(np.asarray(leaf)).reshape(leaf.shape[0] if batched else 1, -1).all(axis=1)
+                 for leaf in jax.tree_util.tree_leaves(out["params"])]
+    finite = np.all(per_point, axis=0) & np.isfinite(np.atleast_1d(np.asarray(out["loss"])))
+    if finite.all():
+        return
+    index = int(np.flatnonzero(~finite)[0])
+    t_final = float(np.atleast_1d(np.asarray(out["t_final"]))[index])
+    steps = int(np.atleast_1d(np.asarray(steps_before + out["steps"]))[index])
+    where = f" (batch point {index})" if batched else ""
+    raise FlowDivergenceError(
+        f"gradient flow diverged{where}: non-finite parameters or loss at t = {t_final:.6g} after "
+        f"{steps} steps. Remedy: check that the loss is bounded below (weight_decay >= 0, finite "
+        f"moments), reduce init_scale, or tighten rtol/atol (or reduce euler_step for the fixed-step solver)."
+    )

@@ -1,0 +1,98 @@
+"""Saving results with provenance: arrays as .npz plus a JSON record, written atomically."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+LIBRARY_VERSION = "0.1.0"
+_PACKAGES = ("jax", "jaxlib", "numpy", "optax", "diffrax", "equinox", "matplotlib")
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(*, precision: str | None = None) -> dict[str, Any]:
+    """Library version, git commit, package versions, device kind and precision of this process."""
+    import jax
+
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    device = jax.devices()[0]
+    return {
+        "library_version": LIBRARY_VERSION,
+        "git_commit": _git_commit(),
+        "packages": versions,
+        "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
+        "precision": precision or ("float64" if jax.config.jax_enable_x64 else "float32"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def to_jsonable(value):
+    """Convert NumPy/JAX scalars and arrays (nested in dicts/lists) to plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def save_results(directory, name: str, arrays: Mapping[str, Any], record: Mapping[str, Any], *,
+                 precision: str | None = None) -> tuple[Path, Path]:
+    """Write ``name.npz`` (arrays) and ``name.json`` (record + provenance) into ``directory``.
+
+    Both files are written to a temporary name and renamed, so a reader never sees a partial file.
+    """
+    directory = Path(directory)
+    npz_path, json_path = directory / f"{name}.npz", directory / f"{name}.json"
+    numpy_arrays = {key: np.asarray(value) for key, value in arrays.items()}
+    _atomic_write(npz_path, lambda handle: np.savez(handle, **numpy_arrays))
+    payload = {**to_jsonable(dict(record)), "provenance": provenance(precision=precision)}
+    _atomic_write(json_path, lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
+    return npz_path, json_path
+
+
+def load_results(directory, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read back what :func:`save_results` wrote: (arrays, record)."""
+    directory = Path(directory)
+    with np.load(directory / f"{name}.npz") as data:
+        arrays = {key: data[key] for key in data.files}
+    record = json.loads((directory / f"{name}.json").read_text())
+    return arrays, record

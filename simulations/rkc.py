@@ -1,0 +1,159 @@
+"""RKC: a second-order stabilized explicit Runge--Kutta--Chebyshev solver for diffrax.
+
+Gradient flow d(theta)/dt = -grad L(theta) has Jacobian -Hess L: symmetric, so its spectrum is
+real, and near a minimum it is stiff (curvatures from O(1) down to the slow plateau directions).
+Implicit solvers handle stiffness but need a dense LU of the Jacobian every step (on the CPU a
+768-parameter net spent 0.5 s per Kvaerno5 step); explicit solvers need steps below 2 / rho.
+RKC (Sommeijer, Shampine & Verwer 1998, J. Comput. Appl. Math. 88:315) uses s stages whose
+stability interval along the negative real axis grows like 0.65 s^2, so a step of size h costs
+about sqrt(1.54 h rho) gradient evaluations instead of h rho / 2: only gradients and
+Hessian-vector products, no linear algebra, and it vmaps. The spectral radius rho is tracked by a
+warm-started power iteration with Hessian-vector products (jax.jvp of the vector field).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from diffrax import (
+    AbstractAdaptiveSolver,
+    AbstractTerm,
+    ODETerm,
+    RESULTS,
+    ThirdOrderHermitePolynomialInterpolation,
+)
+
+_DAMPING = 2.0 / 13.0  # RKC's standard damping epsilon: keeps |R(z)| <= 1 - eps/3 inside the interval.
+
+
+def _tree_vdot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def _tree_scale(tree, c):
+    return jax.tree_util.tree_map(lambda x: c * x, tree)
+
+
+def _chebyshev(w0, s, s_max):
+    """T_s(w0), T_s'(w0), T_s''(w0) by the three-term recurrence (stable for w0 >= 1)."""
+
+    def body(j, carry):
+        t, tm, d, dm, dd, ddm = carry
+        t_new = 2 * w0 * t - tm
+        d_new = 2 * t + 2 * w0 * d - dm
+        dd_new = 4 * d + 2 * w0 * dd - ddm
+        return (t_new, t, d_new, d, dd_new, dd)
+
+    one, zero = jnp.ones_like(w0), jnp.zeros_like(w0)
+    # carry holds (T_j, T_{j-1}, T'_j, T'_{j-1}, T''_j, T''_{j-1}) starting at j = 1.
+    carry = (w0, one, one, zero, zero, zero)
+    carry = jax.lax.fori_loop(1, s, body, carry)
+    return carry[0], carry[2], carry[4]
+
+
+class RKC2(AbstractAdaptiveSolver):
+    """Second-order Runge--Kutta--Chebyshev solver for ODEs with a real, stiff spectrum.
+
+    Args:
+        max_stages: cap on the stage count s (stability interval ~0.65 s^2 / rho).
+        power_iterations: Hessian-vector products per step refining the spectral-radius estimate.
+        rho_safety: factor applied to the power-iteration estimate (it approaches rho from below).
+    """
+
+    max_stages: int = 512
+    power_iterations: int = 2
+    rho_safety: float = 1.2
+
+    term_structure: ClassVar = AbstractTerm
+    interpolation_cls: ClassVar = ThirdOrderHermitePolynomialInterpolation
+
+    def order(self, terms):
+        return 2
+
+    def _jvp(self, terms, t, y, args, v):
+        return jax.jvp(lambda z: terms.vf(t, z, args), (y,), (v,))[1]
+
+    def _power(self, terms, t, y, args, v, iterations):
+        def body(_, carry):
+            v, _ = carry
+            w = self._jvp(terms, t, y, args, v)
+            norm = jnp.sqrt(_tree_vdot(w, w))
+            safe = jnp.where(norm > 0, norm, 1.0)
+            return _tree_scale(w, 1.0 / safe), norm
+
+        return jax.lax.fori_loop(0, iterations, body, (v, jnp.zeros((), dtype=jnp.result_type(t))))
+
+    def init(self, terms, t0, t1, y0, args):
+        f0 = terms.vf(t0, y0, args)
+        # Start the power iteration from a fixed pseudo-random direction (deterministic).
+        leaves, treedef = jax.tree_util.tree_flatten(y0)
+        keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
+        v = jax.tree_util.tree_unflatten(
+            treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+        )
+        norm = jnp.sqrt(_tree_vdot(v, v))
+        v, rho = self._power(terms, t0, y0, args, _tree_scale(v, 1.0 / norm), 30)
+        return (f0, v, rho)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del made_jump
+        f0, v, rho = solver_state
+        h = t1 - t0
+        v, rho_new = self._power(terms, t0, y0, args, v, self.power_iterations)
+        rho = jnp.maximum(rho_new, 0.5 * rho)  # do not let one noisy estimate collapse the bound
+        rho_bound = self.rho_safety * rho
+        s_needed = 1.0 + jnp.sqrt(1.0 + 1.54 * h * rho_bound)
+        s = jnp.clip(jnp.ceil(s_needed), 2, self.max_stages).astype(jnp.int32)
+        unstable = s_needed > self.max_stages
+
+        w0 = 1.0 + _DAMPING / (s.astype(h.dtype) ** 2)
+        _, ts_d, ts_dd = _chebyshev(w0, s, self.max_stages)
+        w1 = ts_d / ts_dd
+        # b_j = T_j''/T_j'^2 for j >= 2, b_0 = b_1 = b_2 (= 1/(4 w0^2) ... computed from T_2).
+        t2, t2d, t2dd = 2 * w0**2 - 1, 4 * w0, 4.0
+        b2 = t2dd / t2d**2
+        b1 = b2
+        mu1_tilde = b1 * w1
+        y1 = jax.tree_util.tree_map(lambda y, f: y + mu1_tilde * h * f, y0, f0)
+
+        def body(j, carry):
+            y_prev, y_prev2, tj1, tj2, dj1, dj2, ddj1, ddj2, bj1, bj2 = carry
+            # Chebyshev values at stage j from stages j-1, j-2.
+            tj = 2 * w0 * tj1 - tj2
+            dj = 2 * tj1 + 2 * w0 * dj1 - dj2
+            ddj = 4 * dj1 + 2 * w0 * ddj1 - ddj2
+            bj = ddj / dj**2
+            aj1 = 1.0 - bj1 * tj1
+            mu = 2 * w0 * bj / bj1
+            nu = -bj / bj2
+            mu_t = 2 * w1 * bj / bj1
+            gamma_t = -aj1 * mu_t
+            f_prev = terms.vf(t0, y_prev, args)
+            y_new = jax.tree_util.tree_map(
+                lambda y0_, yp, yp2, fp, f0_: (1 - mu - nu) * y0_ + mu * yp + nu * yp2
+                + mu_t * h * fp + gamma_t * h * f0_,
+                y0, y_prev, y_prev2, f_prev, f0,
+            )
+            return (y_new, y_prev, tj, tj1, dj, dj1, ddj, ddj1, bj, bj1)
+
+        one, zero = jnp.ones_like(w0), jnp.zeros_like(w0)
+        carry = (y1, y0, w0, one, one, zero, zero, zero, b1, b2)
+        # The recurrence for T_j starts at j = 2 from (T_1, T_0) = (w0, 1), (T_1', T_0') = (1, 0),
+        # (T_1'', T_0'') = (0, 0); b_1 = b_0 = b_2 by the RKC convention.
+        del t2
+        carry = jax.lax.fori_loop(2, s + 1, body, carry)
+        y_end = carry[0]
+        f1 = terms.vf(t1, y_end, args)
+        # Embedded error estimate of RKC: (12 (y0 - y1) + 6 h (f0 + f1)) / 15.
+        y_error = jax.tree_util.tree_map(
+            lambda a, b, fa, fb: (12 * (a - b) + 6 * h * (fa + fb)) / 15.0, y0, y_end, f0, f1
+        )
+        y_error = jax.tree_util.tree_map(lambda e: jnp.where(unstable, jnp.inf, e), y_error)
+        dense_info = dict(y0=y0, y1=y_end, k0=_tree_scale(f0, h), k1=_tree_scale(f1, h))
+        return y_end, y_error, dense_info, (f1, v, rho), RESULTS.successful
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
