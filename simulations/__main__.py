@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simulations.experiments import weighting
+from simulations.experiments import downstream, weighting
 from simulations.flow import FlowDivergenceError
+from simulations.runtime import configure_entry_point
 
-EXPERIMENTS = {"weighting": weighting}
+EXPERIMENTS = {"weighting": weighting, "downstream": downstream}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    configure_entry_point(precision=getattr(args, "precision", "float64"))
     try:
         return EXPERIMENTS[args.experiment].main(args)
     except ValueError as error:

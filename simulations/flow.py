@@ -56,6 +56,9 @@ class FlowOptions:
         escape_factor: after a saddle, integrate escape_factor / |lambda_min| longer (capped at
             the time elapsed so far) before the steady-state event may fire again.
         max_restarts: how many saddles the certification may push the flow past.
+        stuck_tol: a saddle whose parameters moved less than this (relative) along its escape
+            direction during an escape wait is declared exactly invariant (``at_saddle``) instead
+            of being waited on again.
     """
 
     solver: str = "rkc"
@@ -70,6 +73,7 @@ class FlowOptions:
     saddle_tol: float = 1e-9
     escape_factor: float = 2.0
     max_restarts: int = 64
+    stuck_tol: float = 1e-10
 
     def __post_init__(self):
         check_choice("solver", self.solver, SOLVERS)
@@ -98,6 +102,8 @@ class FlowResult(NamedTuple):
         loss: final loss.
         min_curvature: smallest Hessian eigenvalue at the end (nan when not certified).
         restarts: how many saddles certification pushed the flow past.
+        at_saddle: the end point is a stationary saddle the flow cannot leave (an exactly
+            invariant manifold, such as feature-aligned init); it is still a steady state.
     """
 
     params: Any
@@ -109,6 +115,7 @@ class FlowResult(NamedTuple):
     loss: Any
     min_curvature: Any
     restarts: Any
+    at_saddle: Any
 
 
 def _solver(options: FlowOptions):
@@ -180,10 +187,11 @@ _segment_batched = jax.jit(jax.vmap(_segment, in_axes=(None, None, 0, 0, 0, 0, N
 
 
 def _hessian_extremes(loss_fn, params, user_args):
+    """Smallest and largest Hessian eigenvalues, and the eigenvector of the smallest (flat)."""
     flat, unravel = ravel_pytree(params)
     hessian = jax.hessian(lambda v: loss_fn(unravel(v), user_args))(flat)
-    eigenvalues = jnp.linalg.eigvalsh(hessian)
-    return eigenvalues[0], eigenvalues[-1]
+    eigenvalues, eigenvectors = jnp.linalg.eigh(hessian)
+    return eigenvalues[0], eigenvalues[-1], eigenvectors[:, 0]
 
 
 _hessian_jit = jax.jit(_hessian_extremes, static_argnums=0)
@@ -227,6 +235,8 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
     params, steps, restarts = params0, jnp.zeros_like(zeros, dtype=jnp.int32), jnp.zeros_like(zeros, dtype=jnp.int32)
     trajectory, min_curvature = None, jnp.full_like(zeros, jnp.nan)
     n_params = sum(int(np.prod(leaf.shape[1:] if batched else leaf.shape)) for leaf in leaves)
+    saddle = jnp.zeros_like(zeros, dtype=bool)
+    escape_direction = None
     for _ in range(options.max_restarts + 1):  # Python loop over saddles, not steps
         out = run(loss_fn, options, params, args, t_start, t_arm, times)
         _check_finite(out, steps, batched)
@@ -234,26 +244,41 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
             trajectory = out["trajectory"] if trajectory is None else jax.tree_util.tree_map(
                 lambda old, new: jnp.where(_expand(times[None] if batched else times, old, t_start, batched), old, new),
                 trajectory, out["trajectory"])
+        moved = _escape_motion(params, out["params"], escape_direction, batched) > options.stuck_tol
+        previously_saddle = saddle
         params, steps = out["params"], steps + out["steps"]
         converged = out["event"] & ~out["failed"]
         if not (options.certify and n_params <= options.certify_max_params):
             break
-        lam_min, lam_max = hessian(loss_fn, params, args)
+        lam_min, lam_max, escape_direction = hessian(loss_fn, params, args)
         min_curvature = lam_min
         saddle = converged & (lam_min < -options.saddle_tol * jnp.maximum(jnp.abs(lam_max), 1e-300))
-        if not bool(jnp.any(saddle)):
+        # A saddle whose escape direction a full escape wait did not move along is held by an exactly
+        # invariant manifold (e.g. feature-aligned init): the flow is stationary there; report it.
+        escaping = saddle & ~(previously_saddle & ~moved)
+        if not bool(jnp.any(escaping)):
             break
-        restarts = restarts + saddle.astype(jnp.int32)
+        restarts = restarts + escaping.astype(jnp.int32)
         t_start = out["t_final"]
         # Wait out the escape (~1/|lambda_min| on a degenerate plateau), but at most the time elapsed
         # so far: plateaus of saddle-to-saddle dynamics scale with it, so at worst time doubles.
         wait = jnp.minimum(options.escape_factor / jnp.abs(lam_min), t_start)
-        t_arm = jnp.where(saddle, t_start + wait, t_start)
+        t_arm = jnp.where(escaping, t_start + wait, t_start)
     else:
         converged = converged & ~saddle
     return FlowResult(params=params, times=times, trajectory=trajectory, converged=converged,
                       t_final=out["t_final"], steps=steps, loss=out["loss"], min_curvature=min_curvature,
-                      restarts=restarts)
+                      restarts=restarts, at_saddle=saddle)
+
+
+def _escape_motion(old, new, direction, batched):
+    """Per-point |<new - old, direction>| / |old|: motion along the last saddle's escape direction."""
+    if direction is None:
+        return jnp.inf
+    flatten = jax.vmap(lambda tree: ravel_pytree(tree)[0]) if batched else (lambda tree: ravel_pytree(tree)[0])
+    before, after = flatten(old), flatten(new)
+    along = jnp.abs(jnp.sum((after - before) * direction, axis=-1))
+    return along / jnp.maximum(jnp.linalg.norm(before, axis=-1), 1e-300)
 
 
 def _expand(times, leaf, t_start, batched):

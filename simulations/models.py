@@ -20,7 +20,7 @@ LinearParams = tuple  # tuple[jax.Array, ...], one (m_l, m_{l-1}) matrix per lay
 DEFAULT_INIT_SCALE = 0.1
 #: Default initialization: exactly balanced (W_{l+1}^T W_{l+1} = W_l W_l^T), random orientation.
 DEFAULT_INIT = "balanced"
-INITS = ("balanced", "gaussian")
+INITS = ("balanced", "gaussian", "aligned")
 
 
 def layer_dims(input_dim: int, widths: Sequence[int]) -> tuple[int, ...]:
@@ -78,11 +78,25 @@ def init_gaussian(key: jax.Array, input_dim: int, widths: Sequence[int],
     )
 
 
+def init_aligned(key: jax.Array, input_dim: int, widths: Sequence[int],
+                 init_scale: float = DEFAULT_INIT_SCALE) -> LinearParams:
+    """Balanced init aligned with the input features: W_l = eps [I_k 0; 0 0] (k = min width).
+
+    Mode j of every layer sits on input feature j < k, so with diagonal moments each feature
+    evolves as its own scalar ODE (theory.dynamics and theory.weight_decay.basin_weights are then
+    exact); features j >= k are never learned. ``key`` is unused (kept for a uniform signature).
+    """
+    del key
+    dims = layer_dims(input_dim, widths)
+    eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
+    return tuple(eps * jnp.eye(dims[l + 1], dims[l]) for l in range(len(dims) - 1))
+
+
 def init_linear(key: jax.Array, input_dim: int, widths: Sequence[int], *,
                 init: str = DEFAULT_INIT, init_scale: float = DEFAULT_INIT_SCALE) -> LinearParams:
-    """Initialize a deep linear network; ``init`` is "balanced" (default) or "gaussian"."""
+    """Initialize a deep linear network; ``init`` is "balanced" (default), "gaussian" or "aligned"."""
     check_choice("init", init, INITS)
-    builder = init_balanced if init == "balanced" else init_gaussian
+    builder = {"balanced": init_balanced, "gaussian": init_gaussian, "aligned": init_aligned}[init]
     return builder(key, input_dim, widths, init_scale)
 
 

@@ -1,5 +1,20 @@
 """Closed-form predictions (pure NumPy, float64) for linear contrastive learning with heads."""
 
+from theory.downstream import (
+    basin_is_saddle,
+    decodability,
+    feature_layer_weights,
+    general_layer_risks,
+    general_probe_risk,
+    layer_risks,
+    population_ridge_risk,
+    pre_advantage_threshold,
+    pre_beats_post,
+    pre_minus_post,
+    probe_risk,
+    target_knobs,
+    variance_shares,
+)
 from theory.dynamics import feature_trajectories, plateau_time
 from theory.linear import (
     effective_rank,
@@ -42,4 +57,17 @@ __all__ = [
     "global_threshold",
     "global_minimum_weights",
     "basin_weights",
+    "variance_shares",
+    "probe_risk",
+    "decodability",
+    "population_ridge_risk",
+    "general_probe_risk",
+    "general_layer_risks",
+    "feature_layer_weights",
+    "layer_risks",
+    "pre_advantage_threshold",
+    "pre_beats_post",
+    "pre_minus_post",
+    "target_knobs",
+    "basin_is_saddle",
 ]

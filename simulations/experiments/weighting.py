@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,8 @@ class WeightingConfig:
         depth: number of layers L >= 1.
         width: every layer's width; None means d (wide enough to learn every positive feature).
         weight_decay: penalty (weight_decay / 2) sum_l ||W_l||_F^2.
-        init: "balanced" (exact, random orientation) or "gaussian" (N(0, eps^2 / fan_in) entries).
+        init: "balanced" (exact, random orientation), "gaussian" (N(0, eps^2 / fan_in) entries) or
+            "aligned" (balanced and diagonal in the feature basis: the per-feature theory is exact).
         init_scale: per-layer singular value eps (balanced) or scale (gaussian). Default 0.1.
         seed: root seed of the initialization.
         precision: "float64" (default; needed for 1e-3 agreement) or "float32".
@@ -93,17 +94,26 @@ def population_loss(params, args) -> jax.Array:
 
 
 def predict(config: WeightingConfig) -> dict[str, Any]:
-    """Closed-form predictions matching :func:`run_weighting`'s measurements."""
+    """Closed-form predictions matching :func:`run_weighting`'s measurements.
+
+    Which features can be learned: the top-p positive ratios (p = narrowest width) for random
+    orientations; for ``init="aligned"`` the modes are pinned to features 0..k-1 (k = min width),
+    so those with r_i > 0 are learned. With weight decay each feature ends where the aligned scalar
+    flow from per-layer singular value init_scale ends (:func:`theory.weight_decay.basin_weights`).
+    """
     a, b = np.asarray(config.pos_cov), np.asarray(config.second_moment)
     width = min(config.widths)
+    if config.init == "aligned":
+        learnable = (np.arange(config.dim) < width) & (a > 0)
+    else:
+        learnable = linear_theory.learned_features(a, b, width)
     if config.weight_decay > 0:
         weights = wd_theory.basin_weights(a, b, config.depth, config.weight_decay, config.init_scale)
-        weights = weights * linear_theory.learned_features(a, b, width)[None, :]
-        loss = float(np.sum(_feature_losses(a, b, config.depth, config.weight_decay, weights[0])))
     else:
-        weights = linear_theory.layer_weights(a, b, config.depth, width)
-        loss = float(linear_theory.optimal_loss(a, b, width))
-    return {"weights": np.asarray(weights), "stds": np.asarray(weights) * np.sqrt(b)[None, :], "loss": loss}
+        weights = linear_theory.layer_weights(a, b, config.depth)
+    weights = np.asarray(weights) * learnable[None, :]
+    loss = float(np.sum(_feature_losses(a, b, config.depth, config.weight_decay, weights[0])))
+    return {"weights": weights, "stds": weights * np.sqrt(b)[None, :], "loss": loss}
 
 
 def _feature_losses(a, b, depth, weight_decay, sigma):
@@ -117,43 +127,70 @@ def run_weighting(config: WeightingConfig, *, times=None, options: FlowOptions |
 
     Returns a dict with ``measured`` and ``predicted`` ((L, d) weights), ``measured_stds`` /
     ``predicted_stds`` ((L, d)), ``effective_rank`` ((L,)), ``diagnostics`` (converged, t_final,
-    steps, loss, predicted_loss, min_curvature, restarts) and ``trajectory`` ((T, L, d) weights
-    at ``times``, or None).
+    steps, loss, predicted_loss, min_curvature, restarts), ``trajectory`` ((T, L, d) weights at
+    ``times``, or None) and ``params`` (the trained layers, for downstream probes).
     """
-    with jax.enable_x64(config.precision == "float64"):
-        key = jax.random.PRNGKey(config.seed)
-        init_key = jax.random.fold_in(key, 0)  # named split: 0 = initialization
-        params0 = models.init_linear(init_key, config.dim, config.widths, init=config.init,
-                                     init_scale=config.init_scale)
-        A = jnp.diag(jnp.asarray(config.pos_cov))
-        B = jnp.diag(jnp.asarray(config.second_moment))
-        args = (A, B, jnp.asarray(config.weight_decay, dtype=A.dtype))
-        result = gradient_flow(population_loss, params0, args, times=times, options=options)
-        measured = np.asarray(measure.feature_weights(result.params))
+    return run_weighting_batch([config], times=times, options=options)[0]
+
+
+def run_weighting_batch(configs: Sequence[WeightingConfig], *, times=None,
+                        options: FlowOptions | None = None) -> list[dict[str, Any]]:
+    """Run many configurations of one shape (d, depth, width, init, precision) as one vmapped solve.
+
+    Seeds, moments, init scales and weight decays vary freely across ``configs``; they are traced
+    arguments of one compiled program, so changing them never recompiles.
+    """
+    if not configs:
+        raise ValueError("configs must hold at least one WeightingConfig")
+    shape = {(c.dim, c.widths, c.init, c.precision) for c in configs}
+    if len(shape) != 1:
+        raise ValueError(f"configs must share d, widths, init and precision to run as one batch, got {sorted(shape)}")
+    first = configs[0]
+    with jax.enable_x64(first.precision == "float64"):
+        def initialize(seed, init_scale):
+            init_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)  # named split: 0 = initialization
+            return models.init_linear(init_key, first.dim, first.widths, init=first.init, init_scale=init_scale)
+
+        params0 = [initialize(c.seed, c.init_scale) for c in configs]
+        params0 = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *params0)
+        args = (jnp.stack([jnp.diag(jnp.asarray(c.pos_cov)) for c in configs]),
+                jnp.stack([jnp.diag(jnp.asarray(c.second_moment)) for c in configs]),
+                jnp.asarray([c.weight_decay for c in configs], dtype=params0[0].dtype))
+        result = gradient_flow(population_loss, params0, args, times=times, options=options, batched=True)
+        measured = np.asarray(jax.vmap(measure.feature_weights)(result.params))
         trajectory = None
         if times is not None:
-            trajectory = np.asarray(jax.vmap(measure.feature_weights)(result.trajectory))
-        ranks = measure.effective_rank(result.params, B)
-    prediction = predict(config)
-    return {
-        "config": dataclasses.asdict(config),
-        "measured": measured,
-        "predicted": prediction["weights"],
-        "measured_stds": measured * np.sqrt(np.asarray(config.second_moment))[None, :],
-        "predicted_stds": prediction["stds"],
-        "effective_rank": ranks,
-        "trajectory": trajectory,
-        "times": None if times is None else np.asarray(times),
-        "diagnostics": {
-            "converged": bool(result.converged),
-            "t_final": float(result.t_final),
-            "steps": int(result.steps),
-            "loss": float(result.loss),
-            "predicted_loss": prediction["loss"],
-            "min_curvature": float(result.min_curvature),
-            "restarts": int(result.restarts),
-        },
-    }
+            trajectory = np.asarray(jax.vmap(jax.vmap(measure.feature_weights))(result.trajectory))
+        outputs = []
+        for index, config in enumerate(configs):
+            params = jax.tree_util.tree_map(lambda leaf: leaf[index], result.params)
+            prediction = predict(config)
+            b = np.asarray(config.second_moment)
+            outputs.append({
+                "config": dataclasses.asdict(config),
+                "params": params,
+                "measured": measured[index],
+                "predicted": prediction["weights"],
+                "measured_stds": measured[index] * np.sqrt(b)[None, :],
+                "predicted_stds": prediction["stds"],
+                "effective_rank": measure.effective_rank(params, np.diag(b)),
+                "predicted_effective_rank": linear_theory.effective_rank(
+                    config.pos_cov, config.second_moment, config.depth, min(config.widths))
+                if config.weight_decay == 0 else None,
+                "trajectory": None if trajectory is None else trajectory[index],
+                "times": None if times is None else np.asarray(times),
+                "diagnostics": {
+                    "converged": bool(result.converged[index]),
+                    "t_final": float(result.t_final[index]),
+                    "steps": int(result.steps[index]),
+                    "loss": float(result.loss[index]),
+                    "predicted_loss": prediction["loss"],
+                    "min_curvature": float(result.min_curvature[index]),
+                    "restarts": int(result.restarts[index]),
+                    "at_saddle": bool(result.at_saddle[index]),
+                },
+            })
+    return outputs
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -177,8 +214,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-scale", type=float, default=defaults.init_scale,
                         help="per-layer singular value eps of the init (default %(default)s)")
     parser.add_argument("--init", choices=models.INITS, default=defaults.init,
-                        help="balanced: exact, random orientation; gaussian: N(0, eps^2/fan_in) entries "
-                             "(default %(default)s)")
+                        help="balanced: exact, random orientation; gaussian: N(0, eps^2/fan_in) entries; "
+                             "aligned: balanced and diagonal in the feature basis (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="initialization seed (default %(default)s)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float64", help="default %(default)s")
     parser.add_argument("--out", default="results/weighting", help="where to save results without --json")
