@@ -59,21 +59,26 @@ class FlowOptions:
         stuck_tol: a saddle whose parameters moved less than this (relative) along its escape
             direction during an escape wait is declared exactly invariant (``at_saddle``) instead
             of being waited on again.
+        restart_horizon: restarts stop once the time exceeds restart_horizon x the time the
+            steady-state event first fired. It bounds the cost of negative curvature that never
+            turns into an escape (slowly decaying unlearned features), at the price of stopping
+            on plateaus longer than that factor (reported as ``at_saddle``).
     """
 
     solver: str = "rkc"
     rtol: float = 1e-5
     atol: float = 1e-8
-    loss_tol: float = 1e-13
+    loss_tol: float = 1e-10
     max_time: float = 1e12
     max_steps: int = 1_000_000
     euler_step: float = 1e-2
     certify: bool = True
     certify_max_params: int = 4096
-    saddle_tol: float = 1e-9
+    saddle_tol: float = 1e-10
     escape_factor: float = 2.0
     max_restarts: int = 64
     stuck_tol: float = 1e-10
+    restart_horizon: float = 100.0
 
     def __post_init__(self):
         check_choice("solver", self.solver, SOLVERS)
@@ -140,7 +145,9 @@ def _steady_condition(loss_fn, options):
         gain = g2 * g2 / (2.0 * jnp.where(curvature_times_g2 > 0, curvature_times_g2, 1.0))
         steady = (curvature_times_g2 > 0) & (gain <= options.loss_tol * jnp.maximum(jnp.abs(value), 1.0))
         steady = steady | (g2 == 0)
-        return steady & (t >= t_arm)
+        # Stop at once on divergence, so the error names the time it happened.
+        diverged = ~jnp.isfinite(value) | ~jnp.isfinite(g2)
+        return (steady & (t >= t_arm)) | diverged
 
     return condition
 
@@ -187,11 +194,23 @@ _segment_batched = jax.jit(jax.vmap(_segment, in_axes=(None, None, 0, 0, 0, 0, N
 
 
 def _hessian_extremes(loss_fn, params, user_args):
-    """Smallest and largest Hessian eigenvalues, and the eigenvector of the smallest (flat)."""
+    """Smallest and largest Hessian eigenvalues, the smallest one's eigenvector (flat), and the
+    size of Hessian perturbations expected from not sitting exactly at the fixed point.
+
+    Minima of these losses come in flat manifolds (W_{l+1} R^-1, R W_l): at a distance delta from
+    one, its flat directions pick up curvature of order lambda_max delta / |theta| of either sign.
+    delta is estimated by the Newton step along the gradient, |g| / (g^T H g / |g|^2).
+    """
     flat, unravel = ravel_pytree(params)
-    hessian = jax.hessian(lambda v: loss_fn(unravel(v), user_args))(flat)
+    loss_of_flat = lambda v: loss_fn(unravel(v), user_args)
+    hessian = jax.hessian(loss_of_flat)(flat)
     eigenvalues, eigenvectors = jnp.linalg.eigh(hessian)
-    return eigenvalues[0], eigenvalues[-1], eigenvectors[:, 0]
+    g = jax.grad(loss_of_flat)(flat)
+    g2 = jnp.vdot(g, g)
+    curvature = jnp.vdot(g, hessian @ g) / jnp.where(g2 > 0, g2, 1.0)
+    distance = jnp.sqrt(g2) / jnp.where(curvature > 0, curvature, jnp.inf)
+    noise = eigenvalues[-1] * distance / jnp.maximum(jnp.linalg.norm(flat), 1e-300)
+    return eigenvalues[0], eigenvalues[-1], eigenvectors[:, 0], noise
 
 
 _hessian_jit = jax.jit(_hessian_extremes, static_argnums=0)
@@ -236,10 +255,11 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
     trajectory, min_curvature = None, jnp.full_like(zeros, jnp.nan)
     n_params = sum(int(np.prod(leaf.shape[1:] if batched else leaf.shape)) for leaf in leaves)
     saddle = jnp.zeros_like(zeros, dtype=bool)
-    escape_direction = None
+    escape_direction, first_event = None, None
     for _ in range(options.max_restarts + 1):  # Python loop over saddles, not steps
         out = run(loss_fn, options, params, args, t_start, t_arm, times)
         _check_finite(out, steps, batched)
+        _check_blow_up(params0, out, steps, batched)
         if times is not None:
             trajectory = out["trajectory"] if trajectory is None else jax.tree_util.tree_map(
                 lambda old, new: jnp.where(_expand(times[None] if batched else times, old, t_start, batched), old, new),
@@ -250,13 +270,18 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
         converged = out["event"] & ~out["failed"]
         if not (options.certify and n_params <= options.certify_max_params):
             break
-        lam_min, lam_max, escape_direction = hessian(loss_fn, params, args)
+        first_event = out["t_final"] if first_event is None else first_event
+        lam_min, lam_max, escape_direction, curvature_noise = hessian(loss_fn, params, args)
         min_curvature = lam_min
         saddle = converged & (lam_min < -options.saddle_tol * jnp.maximum(jnp.abs(lam_max), 1e-300))
         # A saddle whose escape direction a full escape wait did not move along is held by an exactly
         # invariant manifold (e.g. feature-aligned init): the flow is stationary there; report it.
-        escaping = saddle & ~(previously_saddle & ~moved)
+        stuck = (previously_saddle & ~moved) | (out["t_final"] > options.restart_horizon * first_event)
+        escaping = saddle & ~stuck
         if not bool(jnp.any(escaping)):
+            # Stuck points are stationary; call them saddles only if the negative curvature is
+            # beyond what the distance to a flat manifold of minima explains.
+            saddle = saddle & (lam_min < -10.0 * curvature_noise)
             break
         restarts = restarts + escaping.astype(jnp.int32)
         t_start = out["t_final"]
@@ -271,12 +296,33 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
                       restarts=restarts, at_saddle=saddle)
 
 
-def _escape_motion(old, new, direction, batched):
-    """Per-point |<new - old, direction>| / |old|: motion along the last saddle's escape direction."""
-    if direction is None:
-        return jnp.inf
+def _check_blow_up(params0, out, steps_before, batched, factor=1e6):
+    """A solve that failed (step size collapsed / ran out of steps) while the parameters grew by
+    ``factor`` is a blow-up (finite-time or exponential): raise instead of returning it."""
+    growth = np.atleast_1d(np.asarray(_escape_motion(params0, out["params"], None, batched, relative_norm=True)))
+    failed = np.atleast_1d(np.asarray(out["failed"]))
+    bad = failed & (growth > factor)
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        t_final = float(np.atleast_1d(np.asarray(out["t_final"]))[index])
+        steps = int(np.atleast_1d(np.asarray(steps_before + out["steps"]))[index])
+        where = f" (batch point {index})" if batched else ""
+        raise FlowDivergenceError(
+            f"gradient flow blew up{where}: parameters grew {growth[index]:.3g}-fold and the solver stalled at "
+            f"t = {t_final:.6g} after {steps} steps. Remedy: the loss is probably unbounded below (check "
+            f"weight_decay >= 0 and the loss); otherwise reduce init_scale or raise max_steps."
+        )
+
+
+def _escape_motion(old, new, direction, batched, relative_norm=False):
+    """Per-point |<new - old, direction>| / |old|: motion along the last saddle's escape direction
+    (or |new| / |old| with ``relative_norm``)."""
     flatten = jax.vmap(lambda tree: ravel_pytree(tree)[0]) if batched else (lambda tree: ravel_pytree(tree)[0])
     before, after = flatten(old), flatten(new)
+    if relative_norm:
+        return jnp.linalg.norm(after, axis=-1) / jnp.maximum(jnp.linalg.norm(before, axis=-1), 1e-300)
+    if direction is None:
+        return jnp.inf
     along = jnp.abs(jnp.sum((after - before) * direction, axis=-1))
     return along / jnp.maximum(jnp.linalg.norm(before, axis=-1), 1e-300)
 

@@ -29,11 +29,17 @@ from theory.linear import (
 )
 from theory.moments import Moments, validate_moments
 from theory.weight_decay import (
+    EscapeStep,
     FixedPoints,
     basin_weights,
+    escape_rates,
+    escape_sequence,
     fixed_points,
     global_minimum_weights,
     global_threshold,
+    is_local_minimum,
+    rotation_saddle,
+    stable_end_weights,
     survival_threshold,
 )
 
@@ -57,6 +63,12 @@ __all__ = [
     "global_threshold",
     "global_minimum_weights",
     "basin_weights",
+    "EscapeStep",
+    "escape_rates",
+    "rotation_saddle",
+    "is_local_minimum",
+    "escape_sequence",
+    "stable_end_weights",
     "variance_shares",
     "probe_risk",
     "decodability",

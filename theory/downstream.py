@@ -393,18 +393,15 @@ def layer_risks(pos_cov, second_moment, target, ridge, *, downstream_second_mome
 def basin_is_saddle(pos_cov, second_moment, end_to_end_weights) -> np.ndarray:
     """Whether a feature-aligned end state is a saddle of the full (unaligned) network.
 
-    Rotating the input-side direction of a surviving feature k's mode toward a dead feature i (at
-    fixed singular values, so the weight-decay penalty is unchanged) changes the loss by
+    Same as `theory.weight_decay.rotation_saddle` (derivation there): rotating the input-side
+    direction of a surviving feature k's mode toward a dead feature i (at fixed singular values, so
+    the weight-decay penalty is unchanged) changes the loss by
     2 s_k^2 sin^2(theta) [-(a_i - a_k) + s_k^2 b_k (b_i - b_k)] + O(theta^4); the state is a saddle
     iff that is negative for some pair:
 
-        a_i - a_k > s_k^2 b_k (b_i - b_k),   s_k > 0 = s_i.
+        a_i - a_k > s_k^2 b_k (b_i - b_k),   s_k > 0 = s_i,
 
-    Without weight decay this never holds for learned features (s_k^2 = a_k / b_k^2 makes it
-    r_i > r_k with i unlearned, impossible at the optimum). With weight decay the per-feature basin
-    of a small init can leave a more invariant feature dead; then gradient flow from a randomly
-    oriented init does not stay at the predicted state. Checked against the Hessian's smallest
-    eigenvalue at depth 2 (tests/test_downstream.py).
+    at any depth. Where the flow ends instead: `theory.weight_decay.stable_end_weights`.
 
     Args:
       pos_cov: a, (..., d).
@@ -414,17 +411,7 @@ def basin_is_saddle(pos_cov, second_moment, end_to_end_weights) -> np.ndarray:
     Returns:
       (...) bool.
     """
-    a = as_finite_array("pos_cov", pos_cov)
-    b = as_finite_array("second_moment", second_moment)
-    s = as_finite_array("end_to_end_weights", end_to_end_weights)
-    a, b, s = np.broadcast_arrays(a, b, s)
-    alive = s > 0
-    # pair axes: k (surviving) then i (dead)
-    gain = (a[..., None, :] - a[..., :, None]) - (s**2 * b)[..., :, None] * (b[..., None, :] - b[..., :, None])
-    scale = np.maximum(np.abs(a).max(axis=-1), 1e-300)[..., None, None]
-    unstable = (gain > 1e-12 * scale) & alive[..., :, None] & ~alive[..., None, :]
-    result = unstable.any(axis=(-2, -1))
-    return bool(result) if result.ndim == 0 else result
+    return wd_theory.rotation_saddle(pos_cov, second_moment, end_to_end_weights)
 
 
 # --------------------------------------------------------------------------- pre vs post

@@ -23,6 +23,46 @@ l = 0 and g(v) = wd gives the closed form v_g^L = 2 a (L-1) / (b^2 (2L-1)) (= 2 
     global threshold = 4 a v_g^(L-1) / (2L-1) = g_max 2^((L-1)/L) / L   (< g_max for L >= 2).
 
 Diagonal (feature-aligned) moments only; layer widths are assumed >= d (no top-p selection).
+
+Saddles of the full network and where the flow really ends (`escape_rates`, `rotation_saddle`,
+`is_local_minimum`, `stable_end_weights`). An aligned state is a critical point of the full
+(unaligned) network, but not always a minimum. Rotating the input-side direction of a surviving
+feature k's mode toward a dead feature i by angle theta (one entry (W_1)_ki = sigma_k theta, at fixed
+singular values, so the penalty is unchanged) gives the mode effective moments
+a(u) = a_k + u (a_i - a_k), b(u) = b_k + u (b_i - b_k), u = sin^2 theta, and loss
+
+    l(sigma, u) = -2 a(u) s^2 + b(u)^2 s^4 + (wd / 2) L sigma^2,   s = sigma^L.
+
+At u = 0 this is an exact Hessian eigenvector of the parameter loss, with eigenvalue -rate_ki,
+
+    rate_ki = 4 sigma_k^(2L-2) [(a_i - a_k) - b_k (b_i - b_k) s_k^2]         (any L >= 1),
+
+and the aligned state is a saddle iff some alive k, dead i has rate_ki > 0 (`rotation_saddle`;
+the sign does not depend on L or wd beyond s_k). No other direction can be unstable at an aligned
+state whose alive features sit at stable roots: the rotation mixing two alive modes has
+curvature proportional to b_1 b_2 (s_1^2 - s_2^2) - (wd/4) (s_2^(-2r) - s_1^(-2r)) (s_1 > s_2,
+r = (L-1)/L), which the stable-root condition (L-1)(a - b^2 s^2) < L b^2 s^2 makes positive
+(it reduces to r sinh(y) > sinh(r y)); dead-dead directions have curvature wd (L >= 2).
+
+Escape. From a balanced, randomly oriented init with width >= d, W^T W = eps^(2L) I is diagonal,
+the balanced flow keeps it diagonal, and in exact arithmetic the flow ends at `basin_weights`. If
+that state is a saddle, rounding errors seed every unstable rotation; the pair with the largest
+rate (the most negative Hessian eigenvalue) escapes first. The rank-one, balanced manifold
+{(sigma, theta)} is invariant under the flow (A, B diagonal keep the mode's input direction in
+span(e_k, e_i) and the other layers on e_k e_k^T), so the escape follows the 2-D gradient flow
+sigma' = -(1/L) dl/dsigma, theta' = -(1/sigma^2) dl/dtheta from (sigma_k, 0+). It cannot stop
+in between: at any interior critical point (0 < u < 1), det Hess_(sigma, u) l =
+-16 L (L-1) (b_i - b_k)^2 s^4 sigma^(2L-2) (a(u) - b(u)^2 s^2) < 0 since
+a(u) - b(u)^2 s^2 = wd / (4 sigma^(2L-2)) > 0, so every interior critical point is a saddle. The
+end is therefore u = 1 at feature i's stable root, or sigma = 0 (the mode dies). Integrating the
+2-D flow on ~2e4 random saddles (L = 2..4, b in [0.01, 10], a/b in [1e-3, 1]) it always ends at
+i's stable root when i has one (then sigma_k was above i's unstable root and i's stable loss below
+k's), and dies when i has no root (which only happens when k's loss is positive, i.e. wd above
+k's global threshold). Modes on disjoint features do not interact (their columns of W are
+orthogonal), so the new aligned state is checked again and the rule repeats until no rotation is
+unstable; every step lowers the loss, so it terminates at a local minimum (`is_local_minimum`).
+Checked against trained networks (simulations.experiments.weighting, init "balanced") in
+tests/test_weight_decay_escape.py.
 """
 
 from __future__ import annotations
@@ -31,7 +71,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from theory._checks import check_float, check_int
+from theory._checks import as_finite_array, check_float, check_int
 from theory.linear import _diagonal_moments
 
 __all__ = [
@@ -41,6 +81,12 @@ __all__ = [
     "global_threshold",
     "global_minimum_weights",
     "basin_weights",
+    "EscapeStep",
+    "escape_rates",
+    "rotation_saddle",
+    "is_local_minimum",
+    "escape_sequence",
+    "stable_end_weights",
 ]
 
 # Bisection steps on log v: the bracket spans < 2^11 in log, so 100 halvings reach float64 spacing.
@@ -254,3 +300,224 @@ def basin_weights(pos_cov, second_moment, depth, weight_decay, init_scale) -> np
     survives = np.isfinite(roots.stable) & (init_scale > roots.unstable)
     sigma = np.where(survives, roots.stable, 0.0)
     return _powers(sigma, depth)
+
+
+# --------------------------------------------------------------------------- saddles and escapes
+
+# A rotation gain (a_i - a_k) - b_k (b_i - b_k) s_k^2 within this fraction of max |a| is treated as
+# zero (degenerate, not a saddle): it absorbs the rounding of s_k^2 at an exact fixed point.
+_GAIN_TOL = 1e-12
+
+
+class EscapeStep(NamedTuple):
+    """One saddle escape: the mode on feature `source` rotates onto the dead feature `target`.
+
+    `rate` is the growth rate of the rotation at the saddle (minus the smallest Hessian eigenvalue
+    of the parameter loss); `sigma` the per-layer singular value the mode ends with (0 if it dies).
+    """
+
+    source: int
+    target: int
+    rate: float
+    sigma: float
+
+
+def _rotation_gain(a, b, s):
+    """(..., k, i) gain (a_i - a_k) - b_k (b_i - b_k) s_k^2 of rotating mode k toward feature i."""
+    return (a[..., None, :] - a[..., :, None]) - (s**2 * b)[..., :, None] * (b[..., None, :] - b[..., :, None])
+
+
+def _gain_scale(a):
+    return _GAIN_TOL * np.maximum(np.abs(a).max(axis=-1), 1e-300)[..., None, None]
+
+
+def _rates(a, b, depth, sigma):
+    """(d, d) rotation rates of alive k toward dead i; -inf elsewhere or where the gain is ~0."""
+    alive = sigma > 0
+    gain = _rotation_gain(a, b, sigma**depth)
+    rates = 4.0 * sigma[:, None] ** (2 * depth - 2) * gain
+    valid = alive[:, None] & ~alive[None, :] & (np.abs(gain) > _gain_scale(a))
+    return np.where(valid, rates, -np.inf)
+
+
+def _check_layer_weights(layer_weights, depth, dim, rtol):
+    """Per-layer sigma from aligned balanced layer weights (row l = sigma^(l+1)); ValueError otherwise."""
+    weights = as_finite_array("layer_weights", layer_weights, ndim=2)
+    if weights.shape != (depth, dim):
+        raise ValueError(f"layer_weights must have shape (depth, d) = {(depth, dim)}, got {weights.shape}")
+    if np.any(weights < 0):
+        raise ValueError("layer_weights must be >= 0")
+    sigma = weights[0]
+    expected = _powers(sigma, depth)
+    if not np.allclose(weights, expected, rtol=max(rtol, 1e-12), atol=0.0):
+        raise ValueError("layer_weights must be aligned balanced weights: row l must equal row 0 ** (l + 1)")
+    return sigma
+
+
+def escape_rates(pos_cov, second_moment, depth, layer_weights) -> np.ndarray:
+    """Growth rates of the unstable rotations at an aligned balanced state (width >= d).
+
+    Entry (k, i), for feature k alive and feature i dead, is
+
+        rate_ki = 4 sigma_k^(2L-2) [(a_i - a_k) - b_k (b_i - b_k) s_k^2],   s_k = sigma_k^L:
+
+    at a critical point, minus the Hessian eigenvalue (of the parameter loss, any depth) along the
+    rotation of k's mode toward i, i.e. the rate at which gradient flow leaves the state that way.
+    Other entries (and pairs whose gain is zero to rounding) are -inf. The state is a saddle iff
+    some rate is > 0; the largest positive rate is the most negative Hessian eigenvalue.
+
+    Args:
+      pos_cov: a, (d,).
+      second_moment: b, (d,).
+      depth: L >= 1.
+      layer_weights: (depth, d) aligned balanced weights, row l = sigma^(l+1) (e.g. basin_weights).
+
+    Returns:
+      (d, d) rates, rows = surviving source feature k, columns = dead target feature i.
+    """
+    a, b, depth, _ = _validate(pos_cov, second_moment, depth, 0.0, "escape_rates")
+    sigma = _check_layer_weights(layer_weights, depth, a.size, 1e-9)
+    return _rates(a, b, depth, sigma)
+
+
+def rotation_saddle(pos_cov, second_moment, end_to_end_weights) -> np.ndarray:
+    """Whether an aligned state is a saddle of the full network via a mode rotating into a dead feature.
+
+    Saddle iff some surviving k and dead i satisfy a_i - a_k > s_k^2 b_k (b_i - b_k) (the sign of
+    `escape_rates`, which does not depend on the depth). Without weight decay this never holds at
+    the optimum (s_k^2 = a_k / b_k^2 turns it into a_i / b_i > a_k / b_k with i unlearned). Gains
+    within 1e-12 max|a| of zero count as degenerate, not saddles.
+
+    Args:
+      pos_cov: a, (..., d).
+      second_moment: b, (..., d).
+      end_to_end_weights: s, (..., d) (row L of the layer weights).
+
+    Returns:
+      (...) bool (a Python bool for a single state).
+    """
+    a = as_finite_array("pos_cov", pos_cov)
+    b = as_finite_array("second_moment", second_moment)
+    s = as_finite_array("end_to_end_weights", end_to_end_weights)
+    a, b, s = np.broadcast_arrays(a, b, s)
+    alive = s > 0
+    unstable = (_rotation_gain(a, b, s) > _gain_scale(a)) & alive[..., :, None] & ~alive[..., None, :]
+    result = unstable.any(axis=(-2, -1))
+    return bool(result) if result.ndim == 0 else result
+
+
+def is_local_minimum(pos_cov, second_moment, depth, weight_decay, layer_weights, *, rtol=1e-6) -> bool:
+    """Whether aligned balanced layer weights are a local minimum of the full network's loss.
+
+    Widths >= d, penalty (wd/2) sum ||W_l||^2. True iff (i) every feature is a fixed point of its
+    scalar flow, (ii) every alive feature sits on a stable root (v above the peak of g for L >= 2),
+    (iii) every dead feature's zero is a local minimum (L >= 2: wd > 0 or a <= 0; L = 1: 4a <= wd),
+    and (iv) no rotation of an alive mode into a dead feature is unstable (`escape_rates`).
+    Rotations between alive modes at stable roots are always stable (module docstring), so these
+    are all the conditions. Degenerate states (double roots, zero rotation gains) are reported as
+    minima only when their second-order conditions hold within `rtol`.
+
+    Args:
+      pos_cov: a, (d,).
+      second_moment: b, (d,).
+      depth: L >= 1.
+      weight_decay: wd >= 0.
+      layer_weights: (depth, d), row l = sigma^(l+1) (e.g. `basin_weights`); trained, measured
+        weights work too: a feature is dead where sigma <= rtol * max(1, max sigma).
+      rtol: relative tolerance of the fixed-point and stability checks.
+
+    Returns:
+      bool.
+    """
+    a, b, depth, weight_decay = _validate(pos_cov, second_moment, depth, weight_decay, "is_local_minimum")
+    rtol = check_float("rtol", rtol, minimum=0.0)
+    sigma = _check_layer_weights(layer_weights, depth, a.size, rtol)
+    alive = sigma > rtol * max(1.0, float(sigma.max()))
+    sigma = np.where(alive, sigma, 0.0)
+    v = sigma**2
+    # (i) fixed points: g(v) = wd on alive features.
+    residual = np.abs(_g(v, a, b, depth) - weight_decay)
+    scale = 4.0 * v ** (depth - 1) * (np.abs(a) + b**2 * v**depth) + weight_decay
+    if np.any(alive & (residual > rtol * scale)):
+        return False
+    # (ii) alive features on the stable branch.
+    if depth >= 2 and np.any(alive & ~(v > _peak(a, b, depth)[0] * (1.0 + rtol))):
+        return False
+    # (iii) dead features: zero is a local minimum of the scalar loss.
+    dead_ok = (weight_decay > 0) | (a <= 0) if depth >= 2 else 4.0 * a <= weight_decay * (1.0 + rtol)
+    if np.any(~alive & ~dead_ok):
+        return False
+    # (iv) no unstable rotation of an alive mode into a dead feature.
+    gain = _rotation_gain(a, b, sigma**depth)
+    unstable = (gain > rtol * np.abs(a).max()) & alive[:, None] & ~alive[None, :]
+    return not bool(unstable.any())
+
+
+def _scalar_loss(a, b, depth, weight_decay, sigma):
+    """Per-feature loss -2 a s^2 + b^2 s^4 + (wd/2) L sigma^2, s = sigma^L."""
+    s = sigma**depth
+    return -2.0 * a * s**2 + b**2 * s**4 + 0.5 * weight_decay * depth * sigma**2
+
+
+def escape_sequence(pos_cov, second_moment, depth, weight_decay, init_scale) -> tuple[EscapeStep, ...]:
+    """The saddle escapes of the flow from a balanced, randomly oriented init (width >= d).
+
+    Starts at `basin_weights`; while the state is a saddle, the pair (k, i) with the largest
+    `escape_rates` entry escapes (ties: lowest k, then lowest i): the mode leaves feature k (now
+    dead) and lands on feature i's stable root, or dies if i has none or its stable loss is not
+    below the mode's current loss (descent). See the module docstring for the derivation.
+
+    Args:
+      pos_cov: a, (d,).
+      second_moment: b, (d,).
+      depth: L >= 1.
+      weight_decay: wd >= 0.
+      init_scale: per-layer singular value at t = 0, > 0.
+
+    Returns:
+      tuple of EscapeStep, in order (empty when the basin state is a local minimum).
+    """
+    return _escape(pos_cov, second_moment, depth, weight_decay, init_scale, "escape_sequence")[1]
+
+
+def stable_end_weights(pos_cov, second_moment, depth, weight_decay, init_scale) -> np.ndarray:
+    """Layer weights sigma^l where gradient flow from balanced random-orientation init really ends.
+
+    Equals `basin_weights` unless that state is a saddle of the full network (`rotation_saddle`);
+    then the escapes of `escape_sequence` are applied until no rotation is unstable, giving a
+    local minimum (`is_local_minimum`). Widths >= d (the init's W^T W = init_scale^(2L) I).
+
+    Args:
+      pos_cov: a, (d,).
+      second_moment: b, (d,).
+      depth: L >= 1.
+      weight_decay: wd >= 0.
+      init_scale: per-layer singular value at t = 0, > 0.
+
+    Returns:
+      (depth, d).
+    """
+    return _escape(pos_cov, second_moment, depth, weight_decay, init_scale, "stable_end_weights")[0]
+
+
+def _escape(pos_cov, second_moment, depth, weight_decay, init_scale, function):
+    a, b, depth, weight_decay = _validate(pos_cov, second_moment, depth, weight_decay, function)
+    init_scale = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
+    roots = fixed_points(a, b, depth, weight_decay)
+    sigma = np.where(np.isfinite(roots.stable) & (init_scale > roots.unstable), roots.stable, 0.0)
+    steps = []
+    # Each escape strictly lowers the loss over finitely many aligned states, so this terminates;
+    # the bound only guards against a broken invariant.
+    for _ in range(4 * a.size**2 + 1):
+        rates = _rates(a, b, depth, sigma)
+        if not np.any(rates > 0):
+            return _powers(sigma, depth), tuple(steps)
+        source, target = np.unravel_index(np.argmax(rates), rates.shape)
+        landing = roots.stable[target]
+        current = _scalar_loss(a[source], b[source], depth, weight_decay, sigma[source])
+        if not (np.isfinite(landing) and _scalar_loss(a[target], b[target], depth, weight_decay, landing) < current):
+            landing = 0.0
+        steps.append(EscapeStep(int(source), int(target), float(rates[source, target]), float(landing)))
+        sigma = sigma.copy()
+        sigma[source], sigma[target] = 0.0, landing
+    raise RuntimeError(f"{function}: escapes did not terminate (a={a.tolist()}, b={b.tolist()})")

@@ -1,0 +1,93 @@
+"""Plumbing shared by the figure scripts: command line, saving with provenance, progress, drawing.
+
+Every figure module defines a frozen ``Config`` (with ``quick()``), ``compute(config) -> (arrays,
+record)`` (runs simulations and theory; nothing here is drawn) and ``plot(arrays, record) ->
+Figure`` (draws only from what ``compute`` returned, so ``--redraw`` needs no training). ``main``
+wires them to the command line through :func:`run_figure`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; never open a window
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from tqdm import tqdm  # noqa: E402
+
+from simulations.results import load_results, save_results  # noqa: E402
+
+#: Where figures go unless --out says otherwise.
+DEFAULT_OUT = Path(__file__).resolve().parent / "output"
+#: Resolution of the saved PNGs.
+DPI = 110
+#: Figures train and compare in float64 (agreement at 1e-9 needs it).
+PRECISION = "float64"
+
+
+def build_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The flags every figure script takes: --quick, --out, --redraw."""
+    parser = argparse.ArgumentParser(prog=f"python -m figures.{name}", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke-test variant: fewer runs and points (seconds instead of a minute)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT),
+                        help="directory for the .png, .npz and .json (default: figures/output)")
+    parser.add_argument("--redraw", action="store_true",
+                        help="redraw from the saved .npz/.json in --out without training")
+    return parser
+
+
+def run_figure(name: str, module_doc: str, config_class, compute: Callable, plot: Callable,
+               argv: Iterable[str] | None = None) -> int:
+    """Parse flags, compute and save (unless --redraw), then draw ``name.png`` into --out."""
+    args = build_parser(name, module_doc).parse_args(argv)
+    out = Path(args.out)
+    start = time.perf_counter()
+    if args.redraw:
+        arrays, record = load_results(out, name)
+    else:
+        from simulations.runtime import configure_entry_point
+
+        configure_entry_point(precision=PRECISION)  # float64 + compile cache, in main() only
+        config = config_class.quick() if args.quick else config_class()
+        arrays, record = compute(config)
+        record = {**record, "quick": bool(args.quick)}
+        save_results(out, name, arrays, record, precision=PRECISION)
+        arrays, record = load_results(out, name)  # draw exactly what was saved
+    figure = plot(arrays, record)
+    png = out / f"{name}.png"
+    figure.savefig(png, dpi=DPI)
+    plt.close(figure)
+    print(f"{name}: wrote {png} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def config_record(config) -> dict[str, Any]:
+    """JSON-ready config (tuples become lists when saved)."""
+    return dataclasses.asdict(config)
+
+
+def progress(iterable, *, total: int | None = None, desc: str):
+    """A tqdm progress bar on stderr (runs of a multi-run figure)."""
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def caption(figure, text: str, *, width: int = 150) -> None:
+    """Write a wrapped caption under the axes (reserve room with ``figure.subplots_adjust``)."""
+    figure.text(0.01, 0.01, textwrap.fill(text, width), ha="left", va="bottom", fontsize=8)
+
+
+def feature_colors(count: int):
+    """One distinguishable color per feature."""
+    cmap = plt.get_cmap("tab10" if count <= 10 else "viridis")
+    return [cmap(i if count <= 10 else i / max(count - 1, 1)) for i in range(count)]
+

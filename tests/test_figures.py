@@ -1,0 +1,111 @@
+"""Smoke tests of the figure scripts: --quick runs write PNG + .npz + .json; --redraw never trains.
+
+All quick figures are generated once per module (through ``python -m figures``' main, in one
+process, so solves of equal shape share their compilation); the tests then inspect the files.
+Runtime: ~50 s on 2 CPU cores, almost all of it compilation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import figures.__main__ as figures_main
+from figures import init_scale, trajectories, weight_decay, weighting_layers
+from simulations.runtime import CACHE_ENV
+
+NAMES = ("weighting_layers", "init_scale", "trajectories", "weight_decay")
+ROOT = Path(__file__).resolve().parent.parent
+
+# Quick figures still compare simulation with theory; these bounds only catch gross breakage.
+# Balanced weighting at the default integrator tolerance lands within ~1e-6 (measured 5e-7).
+LAYERS_MAX_RELATIVE_ERROR = 1e-5
+# Gaussian init error ~ eps^2: a fitted log-log slope within 0.3 of 2 (measured 2.02 on 3 points).
+SLOPE_TOLERANCE = 0.3
+# Along the trajectory the sim-theory gap peaks in the jumps, where a tiny time shift moves the
+# weight a lot (measured 4e-4 at rtol 1e-5).
+TRAJECTORY_MAX_ABS_ERROR = 1e-2
+# Converged weight-decay end points: flow certified to loss_tol 1e-13 (measured ~1e-6).
+WEIGHT_DECAY_MAX_ABS_ERROR = 1e-4
+
+
+@pytest.fixture(scope="module")
+def quick_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("figures")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, "off")  # tests leave no compilation cache behind
+        assert figures_main.main(["--quick", "--out", str(out), "--only", ",".join(NAMES)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_quick_figure_writes_png_arrays_and_record(quick_out, name):
+    png = quick_out / f"{name}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
+    with np.load(quick_out / f"{name}.npz") as data:
+        assert data.files
+        assert all(np.asarray(data[key]).size > 0 for key in data.files)
+    record = json.loads((quick_out / f"{name}.json").read_text())
+    assert isinstance(record["config"], dict) and record["config"]
+    assert "seed" in record
+    assert record["quick"] is True
+    provenance = record["provenance"]
+    assert provenance["precision"] == "float64"
+    assert provenance["packages"]["jax"] and provenance["packages"]["matplotlib"]
+    assert "git_commit" in provenance and "created" in provenance
+
+
+def test_quick_figures_agree_with_theory(quick_out):
+    record = json.loads((quick_out / "weighting_layers.json").read_text())
+    assert max(record["max_relative_error"].values()) < LAYERS_MAX_RELATIVE_ERROR
+    record = json.loads((quick_out / "init_scale.json").read_text())
+    assert abs(record["summary"]["gaussian_fitted_slope"] - 2.0) < SLOPE_TOLERANCE
+    record = json.loads((quick_out / "trajectories.json").read_text())
+    assert all(d["max_abs_error_aligned"] < TRAJECTORY_MAX_ABS_ERROR for d in record["diagnostics"])
+    record = json.loads((quick_out / "weight_decay.json").read_text())
+    assert all(d["max_abs_error"] < WEIGHT_DECAY_MAX_ABS_ERROR for d in record["diagnostics"])
+    assert all(all(d["converged"]) for d in record["diagnostics"])
+
+
+def test_redraw_uses_saved_results_without_training(quick_out, monkeypatch):
+    import simulations.experiments.weighting as weighting
+    import simulations.flow as flow
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--redraw must not train")
+
+    for module in (weighting_layers, init_scale, trajectories, weight_decay, weighting, flow):
+        for attribute in ("gradient_flow", "run_weighting"):
+            if hasattr(module, attribute):
+                monkeypatch.setattr(module, attribute, refuse)
+    for name in NAMES:
+        (quick_out / f"{name}.png").unlink()
+    assert figures_main.main(["--redraw", "--out", str(quick_out), "--only", ",".join(NAMES)]) == 0
+    for name in NAMES:
+        assert (quick_out / f"{name}.png").stat().st_size > 10_000
+
+
+def test_module_entry_point_redraws(quick_out):
+    """``python -m figures.<name>`` runs as a script (here with --redraw: no compilation)."""
+    completed = subprocess.run([sys.executable, "-m", "figures.weight_decay", "--redraw", "--out", str(quick_out)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "weight_decay: wrote" in completed.stderr
+
+
+def test_figure_list_finds_every_module_and_only_rejects_unknown_names():
+    names = figures_main.figure_names()
+    assert names[:len(NAMES)] == list(NAMES)
+    with pytest.raises(SystemExit):
+        figures_main.main(["--redraw", "--only", "no_such_figure"])
+
+
+def test_redraw_without_saved_results_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        weight_decay.main(["--redraw", "--out", str(tmp_path)])
