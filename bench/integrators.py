@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 from bench.problems import PINNED, pinned_moments
 from simulations import measure, models
 from simulations.experiments.weighting import population_loss
-from simulations.flow import FlowDivergenceError, FlowOptions, gradient_flow
+from simulations.flow import FlowOptions, gradient_flow
 from simulations.runtime import configure_entry_point
 from theory import linear
 
@@ -37,27 +37,16 @@ def _timed(fn):
 
 
 def largest_stable_step(args, depth, dim) -> float:
-    """2 / lambda_max of the Hessian at the predicted optimum (balanced, aligned), times 0.95."""
+    """2 / lambda_max of the Hessian at the predicted optimum (balanced, aligned), times 0.9.
+
+    The largest curvature along this flow is reached at the optimum; 0.9 keeps a margin for the
+    transitions between plateaus."""
     a, b = np.diag(np.asarray(args[0])), np.diag(np.asarray(args[1]))
     sigma = (np.sqrt(np.maximum(a, 0)) / b) ** (1.0 / depth)
     params = tuple(jnp.diag(jnp.asarray(sigma)) for _ in range(depth))
     flat, unravel = ravel_pytree(params)
     hessian = jax.hessian(lambda v: population_loss(unravel(v), args))(flat)
-    return 0.95 * 2.0 / float(jnp.linalg.eigvalsh(hessian)[-1])
-
-
-def _largest_converging_step(params0, args, step, shrink=0.9):
-    """Shrink the step from 2/lambda_max until fixed-step Euler reaches the steady state."""
-    while True:
-        try:
-            result = gradient_flow(population_loss, params0, args,
-                                   options=FlowOptions(solver="euler", euler_step=step, certify=False,
-                                                       max_steps=10_000_000))
-            if bool(result.converged):
-                return step
-        except FlowDivergenceError:
-            pass
-        step *= shrink
+    return 0.9 * 2.0 / float(jnp.linalg.eigvalsh(hessian)[-1])
 
 
 def main(argv=None) -> int:
@@ -75,9 +64,6 @@ def main(argv=None) -> int:
     step = largest_stable_step(args, PINNED["depth"], PINNED["dim"])
     report = {"largest_stable_euler_step": step}
     for solver in ("euler", "rkc", "tsit5", "kvaerno5"):
-        if solver == "euler":
-            step = _largest_converging_step(params0, args, step)
-            report["largest_stable_euler_step"] = step
         options = FlowOptions(solver=solver, euler_step=step, certify=False,
                               max_steps={"kvaerno5": args_cli.kvaerno_steps,
                                          "tsit5": args_cli.tsit5_steps}.get(solver, 10_000_000))

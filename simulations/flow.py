@@ -60,15 +60,15 @@ class FlowOptions:
             direction during an escape wait is declared exactly invariant (``at_saddle``) instead
             of being waited on again.
         restart_horizon: restarts stop once the time exceeds restart_horizon x the time the
-            steady-state event first fired. It bounds the cost of negative curvature that never
-            turns into an escape (slowly decaying unlearned features), at the price of stopping
-            on plateaus longer than that factor (reported as ``at_saddle``).
+            steady-state event first fired. It bounds the cost of slight negative curvature that
+            never turns into an escape (features with r <= 0 decaying algebraically), at the price
+            of stopping on a plateau longer than that factor (then reported as ``at_saddle``).
     """
 
     solver: str = "rkc"
     rtol: float = 1e-5
     atol: float = 1e-8
-    loss_tol: float = 1e-10
+    loss_tol: float = 1e-13
     max_time: float = 1e12
     max_steps: int = 1_000_000
     euler_step: float = 1e-2
@@ -78,7 +78,7 @@ class FlowOptions:
     escape_factor: float = 2.0
     max_restarts: int = 64
     stuck_tol: float = 1e-10
-    restart_horizon: float = 100.0
+    restart_horizon: float = 10.0
 
     def __post_init__(self):
         check_choice("solver", self.solver, SOLVERS)
@@ -255,7 +255,7 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
     trajectory, min_curvature = None, jnp.full_like(zeros, jnp.nan)
     n_params = sum(int(np.prod(leaf.shape[1:] if batched else leaf.shape)) for leaf in leaves)
     saddle = jnp.zeros_like(zeros, dtype=bool)
-    escape_direction, first_event = None, None
+    escape_direction, first_event, last_loss = None, None, jnp.full_like(zeros, jnp.inf)
     for _ in range(options.max_restarts + 1):  # Python loop over saddles, not steps
         out = run(loss_fn, options, params, args, t_start, t_arm, times)
         _check_finite(out, steps, batched)
@@ -264,7 +264,11 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
             trajectory = out["trajectory"] if trajectory is None else jax.tree_util.tree_map(
                 lambda old, new: jnp.where(_expand(times[None] if batched else times, old, t_start, batched), old, new),
                 trajectory, out["trajectory"])
-        moved = _escape_motion(params, out["params"], escape_direction, batched) > options.stuck_tol
+        # Motion along the last escape direction, or any loss decrease: a slowly growing plateau
+        # feature may escape along its own (not the most negative) direction.
+        moved = (_escape_motion(params, out["params"], escape_direction, batched) > options.stuck_tol) | (
+            last_loss - out["loss"] > options.loss_tol * jnp.maximum(jnp.abs(out["loss"]), 1.0))
+        last_loss = out["loss"]
         previously_saddle = saddle
         params, steps = out["params"], steps + out["steps"]
         converged = out["event"] & ~out["failed"]

@@ -118,7 +118,8 @@ def test_is_local_minimum_matches_hessian_on_mixed_root_states(depth):
         sigma = np.select([choice == 1, choice == 2], [roots.unstable, roots.stable], 0.0)
         if not np.all(np.isfinite(sigma)):
             continue
-        minimum = wd_theory.is_local_minimum(a, b, depth, wd, sigma[None, :] ** np.arange(1, depth + 1)[:, None])
+        weights = sigma[None, :] ** np.arange(1, depth + 1)[:, None]
+        minimum = wd_theory.is_local_minimum(a, b, depth, wd, weights)
         if counts[minimum] >= 12:
             continue
         counts[minimum] += 1
@@ -131,7 +132,7 @@ def test_is_local_minimum_matches_hessian_on_mixed_root_states(depth):
             saddle = wd_theory.rotation_saddle(a, b, sigma**depth)
             assert saddle == (not minimum)
             if saddle:
-                rates = wd_theory.escape_rates(a, b, depth, sigma[None, :] ** np.arange(1, depth + 1)[:, None])
+                rates = wd_theory.escape_rates(a, b, depth, weights)
                 assert rates.max() == pytest.approx(-smallest, rel=EXACT, abs=EXACT * scale)
 
 
@@ -169,7 +170,8 @@ def test_documented_example():
     assert steps[0].rate == pytest.approx(0.4391482738894049, rel=1e-12)
     end = wd_theory.stable_end_weights(a, b, 2, 0.03, 0.1)
     stable = wd_theory.fixed_points(a, b, 2, 0.03).stable
-    np.testing.assert_array_equal(end, np.array([[stable[0], stable[1], 0.0], [stable[0] ** 2, stable[1] ** 2, 0.0]]))
+    expected = np.array([[stable[0], stable[1], 0.0], [stable[0] ** 2, stable[1] ** 2, 0.0]])
+    np.testing.assert_array_equal(end, expected)
     np.testing.assert_allclose(end[-1, :2], [0.944489, 1.170938], rtol=1e-6)
 
 
