@@ -60,9 +60,9 @@ class FlowOptions:
             direction during an escape wait is declared exactly invariant (``at_saddle``) instead
             of being waited on again.
         restart_horizon: restarts stop once the time exceeds restart_horizon x the time the
-            steady-state event first fired. It bounds the cost of slight negative curvature that
-            never turns into an escape (features with r <= 0 decaying algebraically), at the price
-            of stopping on a plateau longer than that factor (then reported as ``at_saddle``).
+            steady-state event first fired (default: never). A finite value bounds the cost of
+            slight negative curvature that never turns into an escape, at the price of stopping on
+            a plateau longer than that factor (then reported as ``at_saddle``).
     """
 
     solver: str = "rkc"
@@ -78,7 +78,7 @@ class FlowOptions:
     escape_factor: float = 2.0
     max_restarts: int = 64
     stuck_tol: float = 1e-10
-    restart_horizon: float = 10.0
+    restart_horizon: float = float("inf")
 
     def __post_init__(self):
         check_choice("solver", self.solver, SOLVERS)

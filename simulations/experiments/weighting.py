@@ -99,7 +99,10 @@ def predict(config: WeightingConfig) -> dict[str, Any]:
     Which features can be learned: the top-p positive ratios (p = narrowest width) for random
     orientations; for ``init="aligned"`` the modes are pinned to features 0..k-1 (k = min width),
     so those with r_i > 0 are learned. With weight decay each feature ends where the aligned scalar
-    flow from per-layer singular value init_scale ends (:func:`theory.weight_decay.basin_weights`).
+    flow from per-layer singular value init_scale ends (:func:`theory.weight_decay.basin_weights`)
+    for aligned init (and, approximately, narrow widths); for random orientations at width >= d,
+    where that state is a saddle of the full network the flow escapes it
+    (:func:`theory.weight_decay.stable_end_weights`).
     """
     a, b = np.asarray(config.pos_cov), np.asarray(config.second_moment)
     width = min(config.widths)
@@ -107,8 +110,11 @@ def predict(config: WeightingConfig) -> dict[str, Any]:
         learnable = (np.arange(config.dim) < width) & (a > 0)
     else:
         learnable = linear_theory.learned_features(a, b, width)
-    if config.weight_decay > 0:
+    if config.weight_decay > 0 and (config.init == "aligned" or width < config.dim):
         weights = wd_theory.basin_weights(a, b, config.depth, config.weight_decay, config.init_scale)
+    elif config.weight_decay > 0:
+        # Random orientations escape basin states that are saddles of the full network.
+        weights = wd_theory.stable_end_weights(a, b, config.depth, config.weight_decay, config.init_scale)
     else:
         weights = linear_theory.layer_weights(a, b, config.depth)
     weights = np.asarray(weights) * learnable[None, :]
