@@ -1,0 +1,138 @@
+"""Two-layer ReLU networks: a ReLU encoder and a linear head, as (init, apply) pairs.
+
+    h = relu(W x + c)        (encoder, "pre": shape (m,))
+    z = V h                  (head, "post": shape (k,))
+
+Two structures share :func:`apply_relu`:
+
+* full (:class:`ReLUParams`): W is (m, d), every channel sees every input coordinate.
+* diagonal (:class:`DiagonalReLUParams`): input coordinate j feeds its own group of g channels,
+  channel (j, a) computing relu(u_{ja} x_j + c_{ja}); the head V is (k, d g) and mixes all
+  channels. With independent features the population loss then reduces to one-dimensional
+  moments of relu under each feature's law (see theory.relu_diagonal), which is what makes the
+  non-linear case solvable; g >= 2 lets a feature be represented by relu(+x_j) and relu(-x_j).
+  Channel (j, a) is column j * g + a of V (j-major order).
+
+The bias c is optional: ``bias=False`` stores ``None`` (an empty pytree node), so it is neither
+trained nor decayed. Representations are returned as a tuple (h, z), so "pre" and "post" are
+indices 0 and 1 as for the deep linear networks of :mod:`simulations.models`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from theory._checks import check_float, check_int
+
+#: Default per-layer scale of the small Gaussian initialization (fan-in scaled, as for linear nets).
+DEFAULT_RELU_INIT_SCALE = 0.1
+
+
+class ReLUParams(NamedTuple):
+    """Full two-layer ReLU network.
+
+    Attributes:
+        encoder: W, (m, d).
+        bias: c, (m,), or None (no bias).
+        head: V, (k, m).
+    """
+
+    encoder: jax.Array
+    bias: Optional[jax.Array]
+    head: jax.Array
+
+
+class DiagonalReLUParams(NamedTuple):
+    """Diagonal two-layer ReLU network (each input coordinate owns g channels).
+
+    Attributes:
+        encoder: u, (d, g); channel (j, a) computes relu(u[j, a] x_j + c[j, a]).
+        bias: c, (d, g), or None (no bias).
+        head: V, (k, d g), channel (j, a) is column j * g + a.
+    """
+
+    encoder: jax.Array
+    bias: Optional[jax.Array]
+    head: jax.Array
+
+
+def init_relu(key: jax.Array, input_dim: int, width: int, output_dim: int, *,
+              init_scale: float = DEFAULT_RELU_INIT_SCALE, bias: bool = False) -> ReLUParams:
+    """Small fan-in-scaled Gaussian init of a full network.
+
+    Entries of W are N(0, eps^2 / d), entries of V are N(0, eps^2 / m); the bias starts at 0.
+
+    Args:
+        key: PRNG key.
+        input_dim: d >= 1.
+        width: m >= 1 (ReLU channels).
+        output_dim: k >= 1 (head outputs).
+        init_scale: eps > 0.
+        bias: train a bias c (initialized at 0).
+    """
+    d = check_int("input_dim", input_dim, minimum=1)
+    m = check_int("width", width, minimum=1)
+    k = check_int("output_dim", output_dim, minimum=1)
+    eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
+    key_encoder, key_head = jax.random.split(key)
+    encoder = eps / jnp.sqrt(d) * jax.random.normal(key_encoder, (m, d))
+    head = eps / jnp.sqrt(m) * jax.random.normal(key_head, (k, m))
+    return ReLUParams(encoder, jnp.zeros(m) if bias else None, head)
+
+
+def init_diagonal_relu(key: jax.Array, input_dim: int, group: int, output_dim: int, *,
+                       init_scale: float = DEFAULT_RELU_INIT_SCALE, bias: bool = False) -> DiagonalReLUParams:
+    """Small Gaussian init of a diagonal network: u ~ N(0, eps^2) (fan-in 1), V ~ N(0, eps^2 / (d g)).
+
+    Args:
+        key: PRNG key.
+        input_dim: d >= 1.
+        group: g >= 1 channels per input coordinate.
+        output_dim: k >= 1.
+        init_scale: eps > 0.
+        bias: train a bias c (initialized at 0).
+    """
+    d = check_int("input_dim", input_dim, minimum=1)
+    g = check_int("group", group, minimum=1)
+    k = check_int("output_dim", output_dim, minimum=1)
+    eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
+    key_encoder, key_head = jax.random.split(key)
+    encoder = eps * jax.random.normal(key_encoder, (d, g))
+    head = eps / jnp.sqrt(d * g) * jax.random.normal(key_head, (k, d * g))
+    return DiagonalReLUParams(encoder, jnp.zeros((d, g)) if bias else None, head)
+
+
+def encoder_preactivation(params, x: jax.Array) -> jax.Array:
+    """W x + c for a batch x (n, d): shape (n, m) (m = d g for the diagonal structure)."""
+    if isinstance(params, DiagonalReLUParams):
+        pre = x[:, :, None] * params.encoder[None]  # (n, d, g)
+        if params.bias is not None:
+            pre = pre + params.bias[None]
+        return pre.reshape(x.shape[0], -1)
+    pre = x @ params.encoder.T
+    return pre if params.bias is None else pre + params.bias
+
+
+def apply_relu(params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Both representations of a batch.
+
+    Args:
+        params: :class:`ReLUParams` or :class:`DiagonalReLUParams`.
+        x: inputs, (n, d).
+
+    Returns:
+        (h, z): h = relu(W x + c), (n, m); z = V h, (n, k).
+    """
+    h = jax.nn.relu(encoder_preactivation(params, x))
+    return h, h @ params.head.T
+
+
+def as_full(params: DiagonalReLUParams) -> ReLUParams:
+    """The full network equal to a diagonal one (W[j g + a, j] = u[j, a], zeros elsewhere)."""
+    d, g = params.encoder.shape
+    encoder = (jnp.eye(d)[:, None, :] * params.encoder[:, :, None]).reshape(d * g, d)
+    bias = None if params.bias is None else params.bias.reshape(-1)
+    return ReLUParams(encoder, bias, params.head)
