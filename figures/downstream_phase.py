@@ -5,7 +5,8 @@ Expected runtime: ~35 s on 2 CPU cores (about 15 s of it compilation); --quick ~
 
 Heat maps: the closed-form MSE_pre - MSE_post of the variance-normalized ridge probe for target
 feature 0 of a depth-2 linear net (blue: pre wins), over (r_0, b_0), (r_0, b_ds_0 / b_0) and
-(r_0, weight decay; basin of a large init). Black line: the derived boundary
+(r_0, weight decay from a large balanced init: per-feature basin, plus the escape from basin
+states that are saddles of the full network). Black line: the derived boundary
 w_0 = sum_(k != 0) b_ds_k w_k^2 / sum_(k != 0) b_ds_k w_k, drawn from the condition alone
 (theory.downstream.pre_advantage_threshold), not from the risks. With w_0 = sqrt(r_0 / b_0) it is
 the straight line r_0 = T^2 b_0 in the first map, and does not depend on b_ds_0 in the second.
@@ -92,7 +93,7 @@ def compute(config: Config):
     ys = {"strength": np.geomspace(*config.strength_range, n), "downstream_ratio": np.geomspace(*config.ratio_range, n),
           "weight_decay": np.linspace(0.0, config.wd_max, n)}
     arrays, record = {"invariance": r}, {"config": config_record(config), "seed": config.seed}
-    agreement = {}
+    agreement, residual_saddles = {}, 0
     for panel in PANELS:
         y = ys[panel]
         a, b, b_ds, wd = _moments(config, panel, r[None, :], y[:, None])
@@ -110,7 +111,11 @@ def compute(config: Config):
         agreement[panel] = float(np.mean(condition[decided] == (gap[decided] < 0)))
         arrays[f"{panel}_y"], arrays[f"{panel}_gap"], arrays[f"{panel}_margin"] = y, gap, margin
         arrays[f"{panel}_target_dead"] = w[..., 0] == 0
-        arrays[f"{panel}_saddle"] = theory.basin_is_saddle(a, b, w)
+        # Cells where the aligned per-feature basin is a saddle of the full network: the maps (and
+        # w) follow the escape of randomly oriented training there (stable_end_weights).
+        w_basin = theory.feature_layer_weights(a, b, 2, weight_decay=wd, init_scale=init, escape=False)[-1]
+        arrays[f"{panel}_escaped"] = theory.basin_is_saddle(a, b, w_basin)
+        residual_saddles += int(np.sum(theory.basin_is_saddle(a, b, w)))
     runs = [(panel, spot) for panel in PANELS for spot in getattr(config, f"spots_{panel}")]
     measured, predicted = {panel: [] for panel in PANELS}, {panel: [] for panel in PANELS}
     for panel, (r0, y0) in progress(runs, desc=NAME):
@@ -129,7 +134,8 @@ def compute(config: Config):
     errors = {panel: float(np.max(np.abs(arrays[f"{panel}_spot_measured"] - arrays[f"{panel}_spot_predicted"])))
               for panel in PANELS}
     w_others = np.sqrt(np.asarray(config.pos_cov[1:])) / np.asarray(config.second_moment[1:])
-    record.update({"saddle_cells": int(sum(arrays[f"{panel}_saddle"].sum() for panel in PANELS)),
+    record.update({"escaped_cells": int(sum(arrays[f"{panel}_escaped"].sum() for panel in PANELS)),
+                   "residual_saddle_cells": residual_saddles,
                    "condition_agrees_with_risks": agreement, "max_abs_error_of_gap": errors,
                    "others_threshold": float(np.sum(np.asarray(config.second_moment[1:]) * w_others**2)
                                              / np.sum(np.asarray(config.second_moment[1:]) * w_others))})
@@ -150,7 +156,7 @@ def plot(arrays, record):
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.6))
     labels = {"strength": ("target pretraining strength $b_0$", "log"),
               "downstream_ratio": ("target downstream strength $b^{ds}_0 / b_0$", "log"),
-              "weight_decay": (f"pretraining weight decay (basin of init {config['init_scale']})", "linear")}
+              "weight_decay": (f"pretraining weight decay (balanced init {config['init_scale']})", "linear")}
     for ax, panel in zip(axes, PANELS):
         y, gap = arrays[f"{panel}_y"], arrays[f"{panel}_gap"]
         mesh = ax.pcolormesh(r, y, gap, cmap="RdBu_r", norm=norm, shading="auto")
@@ -159,9 +165,9 @@ def plot(arrays, record):
         if dead.any():
             ax.contourf(r, y, dead, levels=[0.5, 1.5], colors="none", hatches=["//"])
             ax.contour(r, y, dead, levels=[0.5], colors="0.3", linewidths=0.8, linestyles="--")
-        saddle = arrays[f"{panel}_saddle"].astype(float)
-        if saddle.any():  # the closed form's end state is a saddle there: not trusted
-            ax.contourf(r, y, saddle, levels=[0.5, 1.5], colors="none", hatches=["xx"])
+        escaped = arrays[f"{panel}_escaped"].astype(float)
+        if escaped.any():  # the aligned basin is a saddle there; the map follows the escape
+            ax.contourf(r, y, escaped, levels=[0.5, 1.5], colors="none", hatches=["xx"])
         spots = arrays[f"{panel}_spots"]
         ax.scatter(spots[:, 0], spots[:, 1], c=arrays[f"{panel}_spot_measured"], cmap="RdBu_r", norm=norm, s=90,
                    edgecolors="k", linewidths=1.2, zorder=3)
@@ -182,8 +188,10 @@ def plot(arrays, record):
                  "r_0 = T^2 b_0 (left), independent of the downstream strength (middle; it only scales the gap). "
                  "Right: weight decay shrinks the weakest features first and kills them at their survival "
                  "thresholds (the boundary jumps there); hatched //: the target is dead (tie, both MSE = 1); "
-                 f"cross-hatched (if any; {record['saddle_cells']} cells): the predicted state is a saddle "
-                 "(theory.downstream.basin_is_saddle), where training ends elsewhere. Fraction "
+                 f"cross-hatched (if any; {record['escaped_cells']} cells): the per-feature basin is a saddle of "
+                 "the full network, and the map follows where randomly oriented training escapes to "
+                 "(theory.weight_decay.stable_end_weights; "
+                 f"{record['residual_saddle_cells']} predicted states left at a saddle). Fraction "
                  f"of decided map cells where the condition matches the risks: {agreement}.", width=175)
     return fig
 

@@ -1,4 +1,4 @@
-"""Weight decay and the pre-projection advantage: closed form (basin and global minimum) vs training.
+"""Weight decay and the pre-projection advantage: closed form (basin, escape, global minimum) vs training.
 
 Run:  python -m figures.downstream_weight_decay [--quick] [--out DIR] [--redraw]
 Expected runtime: ~35 s on 2 CPU cores (about 15 s of it compilation); --quick ~20 s.
@@ -10,7 +10,9 @@ disappears at the survival threshold g_max = 8 a^(3/2) / (3^(3/2) b); the weakes
 initialization: from above the unstable root (here a balanced init of per-layer scale 1.5) a
 feature follows the stable root up to g_max; from a small init (0.1) it dies as soon as its
 unstable root passes the init, at wd ~ 4 a eps^2; the global minimum drops it already at the
-global threshold 2^(1/2) g_max / 2. The pre advantage MSE_post - MSE_pre of the ridge probe follows
+global threshold 2^(1/2) g_max / 2. Where that per-feature basin state is a saddle of the full
+network (shaded), randomly oriented training escapes it and the lines follow the escape
+(theory.weight_decay.stable_end_weights). The pre advantage MSE_post - MSE_pre of the ridge probe follows
 from the resulting weights (theory.downstream); markers are trained nets probed on fresh data.
 """
 
@@ -29,7 +31,7 @@ from theory import weight_decay as wd_theory
 
 NAME = "downstream_weight_decay"
 #: Trained vs predicted end-to-end weights beyond this mean the net ended in another state than the
-#: per-feature basin predicts (converged flows otherwise agree to ~1e-4).
+#: prediction (basin plus escape; converged flows otherwise agree to ~1e-4).
 WEIGHT_MISMATCH = 1e-2
 
 
@@ -89,7 +91,10 @@ def compute(config: Config):
     for name, init in schemes.items():
         weights = theory.feature_layer_weights(a, b, 2, weight_decay=wd, init_scale=init)  # (3, wd, d)
         arrays[f"weights_{name}"] = weights[-1]
-        arrays[f"saddle_{name}"] = theory.basin_is_saddle(a, b, weights[-1])
+        if init is not None:  # where the aligned basin is a saddle, the prediction follows the escape
+            basin = theory.feature_layer_weights(a, b, 2, weight_decay=wd, init_scale=init, escape=False)[-1]
+            arrays[f"escaped_{name}"] = theory.basin_is_saddle(a, b, basin)
+            arrays[f"basin_{name}"] = basin
         for target in config.targets:
             risks = theory.probe_risk(weights, b, target, config.ridge)  # (3, wd)
             advantage = risks[2] - risks[1]
@@ -145,8 +150,8 @@ def plot(arrays, record):
     targets = [int(t) for t in arrays["targets"]]
     wd = arrays["wd"]
     fig, axes = plt.subplots(1, len(targets) + 1, figsize=(6 * (len(targets) + 1) * 0.85, 6.4))
-    styles = {"large": ("tab:blue", "-", f"basin, init {config['large_init']}"),
-              "small": ("tab:orange", "-.", f"basin, init {config['small_init']}"),
+    styles = {"large": ("tab:blue", "-", f"init {config['large_init']}"),
+              "small": ("tab:orange", "-.", f"init {config['small_init']}"),
               "global": ("k", ":", "global minimum")}
     survival, global_ = np.asarray(record["survival_threshold"]), np.asarray(record["global_threshold"])
     for ax, target in zip(axes, targets):
@@ -156,11 +161,12 @@ def plot(arrays, record):
                 ms=8, mew=1.5, label=f"trained, init {config['large_init']}")
         ax.plot(arrays["sim_wd_small"], arrays[f"sim_advantage_small_{target}"], "^", color="tab:orange",
                 mfc="none", ms=8, mew=1.5, label=f"trained, init {config['small_init']}")
-        for name, (color, _, _) in styles.items():
-            # Where the predicted state is a saddle of the full network the closed form is not trusted.
-            ax.fill_between(wd, 0, 1, where=arrays[f"saddle_{name}"], color=color, alpha=0.15, lw=0,
+        for name in ("large", "small"):
+            # Shaded: the aligned basin is a saddle of the full network; the lines follow the escape.
+            color, label = styles[name][0], styles[name][2]
+            ax.fill_between(wd, 0, 1, where=arrays[f"escaped_{name}"], color=color, alpha=0.15, lw=0,
                             transform=ax.get_xaxis_transform(),
-                            label=f"predicted state is a saddle ({styles[name][2]})" if arrays[f"saddle_{name}"].any()
+                            label=f"basin is a saddle, escape predicted ({label})" if arrays[f"escaped_{name}"].any()
                             else None)
         ax.axhline(0, color="0.6", lw=0.8)
         ax.axvline(survival[target], color="tab:blue", lw=0.8, alpha=0.5)
@@ -184,7 +190,8 @@ def plot(arrays, record):
     weights_ax.set_xlim(0, wd[-1])
     weights_ax.set_xlabel("pretraining weight decay wd")
     weights_ax.set_ylabel("end-to-end (post) weight $s_k$")
-    weights_ax.set_title("weights: solid basin init 1.5, dash-dot init 0.1, dotted global", fontsize=10)
+    weights_ax.set_title(f"weights: solid init {config['large_init']}, dash-dot {config['small_init']}, "
+                         "dotted global min.", fontsize=10)
     weights_ax.legend(fontsize=7)
     fig.suptitle("Weight decay and the pre-projection advantage (depth 2, ridge "
                  f"{config['ridge']}); vertical lines: survival (blue) and global (dotted) thresholds of the target",
@@ -217,11 +224,9 @@ def _disagreement_text(record) -> str:
     places = sorted({(r["init_scale"], r["weight_decay"]) for r in runs})
     first = runs[0]
     return (" DISAGREEMENT at (init, wd) = " + ", ".join(f"({i:g}, {w:g})" for i, w in places)
-            + ": the per-feature basin predicts end-to-end weights "
+            + ": the prediction (per-feature basin plus escape from its saddles) gives end-to-end weights "
             + str(np.round(first["predicted_weights"], 3).tolist()) + " but training gives "
-            + str(np.round(first["measured_weights"], 3).tolist()) + ". The predicted state is a saddle of the full "
-            "network (rotating a surviving mode into a dead, more invariant feature lowers the loss), which the "
-            "randomly oriented init escapes; see tests/test_downstream.py.")
+            + str(np.round(first["measured_weights"], 3).tolist()) + ".")
 
 
 def main(argv=None) -> int:

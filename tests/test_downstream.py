@@ -149,7 +149,7 @@ def test_fast_weight_decay_path_equals_public_functions():
     for depth in (1, 2, 3):
         for wd in (0.0, 0.01, 0.1, 0.4):
             for init in (None, 0.05, 0.5, 2.0):
-                ours = theory.feature_layer_weights(a, b, depth, weight_decay=wd, init_scale=init)
+                ours = theory.feature_layer_weights(a, b, depth, weight_decay=wd, init_scale=init, escape=False)
                 if wd == 0:
                     reference = np.vstack([np.ones(40), linear_theory.layer_weights(a, b, depth)])
                 elif init is None:
@@ -157,6 +157,29 @@ def test_fast_weight_decay_path_equals_public_functions():
                 else:
                     reference = np.vstack([np.ones(40), wd_theory.basin_weights(a, b, depth, wd, init)])
                 assert np.max(np.abs(ours - reference)) < ROUNDING
+
+
+def test_weights_follow_the_escape_from_basin_saddles():
+    """With an init_scale, feature_layer_weights (vectorized over a grid) equals
+    theory.weight_decay.stable_end_weights point by point, and differs from the basin exactly at
+    the grid points where the basin is a saddle of the full network."""
+    rng = np.random.default_rng(5)
+    points, d = 60, 4
+    b = rng.uniform(0.3, 2.0, (points, d))
+    a = b * rng.uniform(0.05, 1.0, (points, d))
+    wd = rng.uniform(0.005, 0.2, points)
+    escaped = 0
+    for depth, init in ((2, 0.1), (2, 0.6), (3, 0.4)):
+        ours = theory.feature_layer_weights(a, b, depth, weight_decay=wd, init_scale=init)[-1]
+        basin = theory.feature_layer_weights(a, b, depth, weight_decay=wd, init_scale=init, escape=False)[-1]
+        saddle = theory.basin_is_saddle(a, b, basin)
+        escaped += int(saddle.sum())
+        for i in range(points):
+            reference = wd_theory.stable_end_weights(a[i], b[i], depth, wd[i], init)[-1]
+            assert np.max(np.abs(ours[i] - reference)) < ROUNDING
+        assert np.array_equal(np.any(np.abs(ours - basin) > ROUNDING, axis=-1), saddle)
+        assert not np.any(theory.basin_is_saddle(a, b, ours))
+    assert escaped >= 5  # the draw must exercise the escape path (10 of 180 points do)
 
 
 # --------------------------------------------------------------------------- the derived condition

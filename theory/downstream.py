@@ -58,7 +58,10 @@ i lowers the loss (`basin_is_saddle`: a_i - a_k > b_k s_k^2 (b_i - b_k), s_k the
 weight), the predicted end state is a saddle of the full network, and gradient flow from a randomly oriented
 init (rounding-level misalignment grows) ends elsewhere. Example: a = (0.9, 0.5, 0.8),
 b = (1, 0.6, 2), depth 2, wd = 0.03, init 0.1: the basin keeps features {0, 2}, which is a saddle
-(Hessian eigenvalue -0.44); training keeps {0, 1} at their stable roots (lower loss).
+(Hessian eigenvalue -0.44); training keeps {0, 1} at their stable roots (lower loss). With an
+init_scale, `feature_layer_weights` (and every map built on it) therefore follows that escape
+(theory.weight_decay.stable_end_weights) by default, like the weighting experiment's prediction;
+``escape=False`` gives the aligned basin.
 
 Non-diagonal case: `general_probe_risk` takes P_l^T P_l (e.g. G^(l/L)) and a full downstream
 covariance and evaluates the population ridge formula `population_ridge_risk` directly.
@@ -318,7 +321,7 @@ def _sigma(a, b, depth, weight_decay, init_scale):
     return np.where(weight_decay < threshold, np.nan_to_num(stable), 0.0)
 
 
-def _end_to_end(a, b, depth, weight_decay, init_scale, width):
+def _end_to_end(a, b, depth, weight_decay, init_scale, width, escape=True):
     """End-to-end weights s (..., d) for broadcast a, b (..., d) and weight_decay (...)."""
     wd = np.asarray(weight_decay, dtype=np.float64)[..., None]
     a, b, wd = np.broadcast_arrays(a, b, wd)
@@ -333,11 +336,19 @@ def _end_to_end(a, b, depth, weight_decay, init_scale, width):
     if width is not None and width < a.shape[-1]:
         keep = np.apply_along_axis(lambda r: _top_positive(r, width), -1, a / b)
         s = np.where(keep, s, 0.0)
+    elif escape and init_scale is not None:
+        # Randomly oriented flows leave basin states that are saddles of the full network; only
+        # those (usually few) grid points need the sequential escape analysis.
+        saddle = np.asarray(wd_theory.rotation_saddle(a, b, s) & (wd[..., 0] > 0))
+        for index in np.argwhere(saddle):
+            index = tuple(index)
+            s[index] = wd_theory.stable_end_weights(a[index], b[index], depth, float(wd[index][0]),
+                                                    init_scale)[-1]
     return s
 
 
 def feature_layer_weights(pos_cov, second_moment, depth, *, weight_decay=0.0, init_scale=None,
-                          width=None) -> np.ndarray:
+                          width=None, escape=True) -> np.ndarray:
     """Per-feature weight at every layer 0..L of the trained balanced net (row 0 = raw input).
 
     Row l is s^(l/L), s the end-to-end weight: sqrt(a)/b without weight decay (0 where a <= 0);
@@ -351,6 +362,10 @@ def feature_layer_weights(pos_cov, second_moment, depth, *, weight_decay=0.0, in
       weight_decay: scalar or (...) array (one value per grid point), >= 0.
       init_scale: None (global minimum) or per-layer singular value of the init, > 0.
       width: narrowest layer width p (top-p features by r = a / b are kept), or None.
+      escape: with init_scale and width >= d (or None), follow the escape of a randomly oriented
+        flow from basin states that are saddles of the full network
+        (theory.weight_decay.stable_end_weights), as simulations.experiments.weighting.predict
+        does; False keeps the per-feature basin (exact for feature-aligned init).
 
     Returns:
       (depth + 1, ..., d).
@@ -372,20 +387,20 @@ def feature_layer_weights(pos_cov, second_moment, depth, *, weight_decay=0.0, in
         init_scale = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
     if width is not None:
         width = check_int("width", width, minimum=1)
-    s = _end_to_end(a, b, depth, wd, init_scale, width)
+    s = _end_to_end(a, b, depth, wd, init_scale, width, bool(escape))
     exponents = np.arange(depth + 1) / depth
     return s[None] ** exponents.reshape((-1,) + (1,) * s.ndim)
 
 
 def layer_risks(pos_cov, second_moment, target, ridge, *, downstream_second_moment=None, depth=2,
-                weight_decay=0.0, init_scale=None, width=None) -> np.ndarray:
+                weight_decay=0.0, init_scale=None, width=None, escape=True) -> np.ndarray:
     """Probe MSE at every layer 0..L of the trained net (`probe_risk` of `feature_layer_weights`).
 
     Returns:
       (depth + 1, ...) MSE, layer 0 (raw input) first.
     """
     weights = feature_layer_weights(pos_cov, second_moment, depth, weight_decay=weight_decay,
-                                    init_scale=init_scale, width=width)
+                                    init_scale=init_scale, width=width, escape=escape)
     b_ds = second_moment if downstream_second_moment is None else downstream_second_moment
     return probe_risk(weights, b_ds, target, ridge)
 
@@ -487,7 +502,8 @@ def pre_beats_post(end_to_end_weights, downstream_second_moment, target, *, dept
 
 
 def pre_minus_post(pos_cov, second_moment, target, ridge, *, downstream_second_moment=None, depth=2,
-                   pre_layer=None, post_layer=None, weight_decay=0.0, init_scale=None) -> np.ndarray:
+                   pre_layer=None, post_layer=None, weight_decay=0.0, init_scale=None,
+                   escape=True) -> np.ndarray:
     """Pre error minus post error of the probe, MSE_pre - MSE_post (negative: pre wins).
 
     Vectorized over grids: pos_cov, second_moment, downstream_second_moment broadcast to
@@ -502,13 +518,14 @@ def pre_minus_post(pos_cov, second_moment, target, ridge, *, downstream_second_m
       weight_decay: pretraining weight decay, scalar or (...).
       init_scale: None (global minimum of the weight-decay problem) or the init's per-layer scale
         (basin of gradient flow); irrelevant at weight_decay = 0.
+      escape: follow the escape from basin saddles (see `feature_layer_weights`).
 
     Returns:
       (...) float.
     """
     depth, l, m = _check_layers(depth, pre_layer, post_layer)
     risks = layer_risks(pos_cov, second_moment, target, ridge, downstream_second_moment=downstream_second_moment,
-                        depth=depth, weight_decay=weight_decay, init_scale=init_scale)
+                        depth=depth, weight_decay=weight_decay, init_scale=init_scale, escape=escape)
     difference = np.asarray(risks[l] - risks[m])
     return float(difference) if difference.ndim == 0 else difference
 
