@@ -23,6 +23,7 @@ matplotlib.use("Agg")  # figures are files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from tqdm import tqdm  # noqa: E402
 
+from simulations.cli import OneLineArgumentParser, fail  # noqa: E402
 from simulations.results import load_results, save_results  # noqa: E402
 
 #: Where figures go unless --out says otherwise.
@@ -35,8 +36,8 @@ PRECISION = "float64"
 
 def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The flags every figure script takes: --quick, --out, --redraw."""
-    parser = argparse.ArgumentParser(prog=f"python -m figures.{name}", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(prog=f"python -m figures.{name}", description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smoke-test variant: fewer runs and points (seconds instead of a minute)")
     parser.add_argument("--out", default=str(DEFAULT_OUT),
@@ -53,7 +54,12 @@ def run_figure(name: str, module_doc: str, config_class, compute: Callable, plot
     out = Path(args.out)
     start = time.perf_counter()
     if args.redraw:
-        arrays, record = load_results(out, name)
+        try:
+            arrays, record = load_results(out, name)
+        except FileNotFoundError:
+            return fail(f"python -m figures.{name}", ValueError(
+                f"--redraw needs saved results {name}.npz and {name}.json in --out {out}; "
+                "run once without --redraw to compute them"))
     else:
         from simulations.runtime import configure_entry_point
 

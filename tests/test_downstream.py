@@ -561,15 +561,3 @@ def test_quick_config_runs_and_agrees():
     result = ds.run_downstream(ds.DownstreamConfig.quick())
     # n_train = 2,000: training-sample error ~0.005 (1 / sqrt(n) from ~0.0015 at 20,000).
     assert np.max(np.abs(result["measured"] - result["predicted"])) < AGREEMENT_20K
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("module", ["downstream_knobs", "downstream_weight_decay", "downstream_phase"])
-def test_figure_smoke(module, tmp_path):
-    """Each figure's --quick run writes its .png, .npz and .json, and --redraw works from them."""
-    for extra in ([], ["--redraw"]):
-        out = subprocess.run([sys.executable, "-m", f"figures.{module}", "--quick", "--out", str(tmp_path), *extra],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr
-    for suffix in ("png", "npz", "json"):
-        assert (tmp_path / f"{module}.{suffix}").exists()

@@ -2,7 +2,7 @@
 
 All quick figures are generated once per module (through ``python -m figures``' main, in one
 process, so solves of equal shape share their compilation); the tests then inspect the files.
-Runtime: ~50 s on 2 CPU cores, almost all of it compilation.
+Runtime: ~90 s on 2 CPU cores, almost all of it compilation.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 
 import figures.__main__ as figures_main
-from figures import init_scale, trajectories, weight_decay, weighting_layers
+from figures import (downstream_knobs, downstream_phase, downstream_weight_decay, init_scale, trajectories,
+                     weight_decay, weighting_layers)
 from simulations.runtime import CACHE_ENV
 
-NAMES = ("weighting_layers", "init_scale", "trajectories", "weight_decay")
+NAMES = ("weighting_layers", "init_scale", "trajectories", "weight_decay", "downstream_knobs",
+         "downstream_phase", "downstream_weight_decay")
 ROOT = Path(__file__).resolve().parent.parent
 
 # Quick figures still compare simulation with theory; these bounds only catch gross breakage.
@@ -32,6 +34,9 @@ SLOPE_TOLERANCE = 0.3
 TRAJECTORY_MAX_ABS_ERROR = 1e-2
 # Converged weight-decay end points: flow certified to loss_tol 1e-13 (measured ~1e-6).
 WEIGHT_DECAY_MAX_ABS_ERROR = 1e-4
+# Quick downstream figures probe with n_train = 5,000: training-sample error ~0.01 (measured
+# <= 0.008); a gross break (wrong weights or layer) is >= 0.05.
+DOWNSTREAM_MAX_ABS_ERROR = 0.03
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +78,29 @@ def test_quick_figures_agree_with_theory(quick_out):
     assert all(all(d["converged"]) for d in record["diagnostics"])
 
 
+def test_quick_downstream_figures_agree_with_theory(quick_out):
+    record = json.loads((quick_out / "downstream_knobs.json").read_text())
+    assert max(record["max_abs_error"].values()) < DOWNSTREAM_MAX_ABS_ERROR
+    record = json.loads((quick_out / "downstream_weight_decay.json").read_text())
+    assert record["disagreements"] == []  # every trained net ends where basin + escape predicts
+    assert record["max_abs_error"] < DOWNSTREAM_MAX_ABS_ERROR
+    record = json.loads((quick_out / "downstream_phase.json").read_text())
+    assert all(value == 1.0 for value in record["condition_agrees_with_risks"].values())
+    assert record["residual_saddle_cells"] == 0
+    assert max(record["max_abs_error_of_gap"].values()) < DOWNSTREAM_MAX_ABS_ERROR
+
+
 def test_redraw_uses_saved_results_without_training(quick_out, monkeypatch):
+    import simulations.experiments.downstream as downstream
     import simulations.experiments.weighting as weighting
     import simulations.flow as flow
 
     def refuse(*args, **kwargs):
         raise AssertionError("--redraw must not train")
 
-    for module in (weighting_layers, init_scale, trajectories, weight_decay, weighting, flow):
-        for attribute in ("gradient_flow", "run_weighting"):
+    for module in (weighting_layers, init_scale, trajectories, weight_decay, downstream_knobs, downstream_phase,
+                   downstream_weight_decay, weighting, downstream, flow):
+        for attribute in ("gradient_flow", "run_weighting", "run_downstream"):
             if hasattr(module, attribute):
                 monkeypatch.setattr(module, attribute, refuse)
     for name in NAMES:
@@ -106,6 +125,7 @@ def test_figure_list_finds_every_module_and_only_rejects_unknown_names():
         figures_main.main(["--redraw", "--only", "no_such_figure"])
 
 
-def test_redraw_without_saved_results_fails_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        weight_decay.main(["--redraw", "--out", str(tmp_path)])
+def test_redraw_without_saved_results_fails_clearly(tmp_path, capsys):
+    assert weight_decay.main(["--redraw", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--redraw" in error and "weight_decay.npz" in error
