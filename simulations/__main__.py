@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simulations.experiments import downstream, weighting
+from simulations.experiments import downstream, reweighting, supervised, weighting
+from simulations.experiments import nonlinear
+from simulations import sweep
 from simulations.flow import FlowDivergenceError
 from simulations.runtime import configure_entry_point
 
-EXPERIMENTS = {"weighting": weighting, "downstream": downstream}
+EXPERIMENTS = {"weighting": weighting, "downstream": downstream, "reweighting": reweighting,
+               "supervised": supervised}
+EXPERIMENTS["nonlinear"] = nonlinear
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
+    # `sweep` runs any registered experiment that implements the sweep protocol (simulations/sweep.py).
+    sweep.add_arguments(subparsers.add_parser("sweep", help=sweep.__doc__.splitlines()[0], description=sweep.__doc__,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter), EXPERIMENTS)
     return parser
 
 
@@ -35,6 +42,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     configure_entry_point(precision=getattr(args, "precision", "float64"))
     try:
+        if args.experiment == "sweep":
+            return sweep.main(args, EXPERIMENTS)
         return EXPERIMENTS[args.experiment].main(args)
     except ValueError as error:
         print(f"python -m simulations {args.experiment}: error: {error}", file=sys.stderr)

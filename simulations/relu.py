@@ -136,3 +136,25 @@ def as_full(params: DiagonalReLUParams) -> ReLUParams:
     encoder = (jnp.eye(d)[:, None, :] * params.encoder[:, :, None]).reshape(d * g, d)
     bias = None if params.bias is None else params.bias.reshape(-1)
     return ReLUParams(encoder, bias, params.head)
+
+
+def init_diagonal_relu_paired(key: jax.Array, input_dim: int, group: int, output_dim: int, *,
+                              init_scale: float = DEFAULT_RELU_INIT_SCALE,
+                              bias: bool = False) -> DiagonalReLUParams:
+    """Diagonal network whose channels alternate orientation: u[j, a] = (+eps, -eps, +eps, ...).
+
+    With random signs (:func:`init_diagonal_relu`) both channels of a g = 2 group share an
+    orientation with probability 1/2 and the group can then only compute relu(+x_j) or relu(-x_j),
+    never x_j itself; gradient flow cannot flip a sign (u_c^2 - |V_:,c|^2 is conserved), so the
+    orientation chosen at init is permanent. Fixed magnitudes eps also keep every channel the
+    same distance above the unstable root that weight decay creates near zero. The head is
+    N(0, eps^2 / (d g)) as in :func:`init_diagonal_relu`.
+    """
+    d = check_int("input_dim", input_dim, minimum=1)
+    g = check_int("group", group, minimum=1)
+    k = check_int("output_dim", output_dim, minimum=1)
+    eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
+    signs = jnp.where(jnp.arange(g) % 2 == 0, 1.0, -1.0)
+    encoder = eps * jnp.broadcast_to(signs, (d, g))
+    head = eps / jnp.sqrt(d * g) * jax.random.normal(key, (k, d * g))
+    return DiagonalReLUParams(encoder, jnp.zeros((d, g)) if bias else None, head)

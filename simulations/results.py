@@ -6,6 +6,7 @@ import datetime
 import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 LIBRARY_VERSION = "0.1.0"
-_PACKAGES = ("jax", "jaxlib", "numpy", "optax", "diffrax", "equinox", "matplotlib")
+_PACKAGES = ("jax", "jaxlib", "numpy", "optax", "diffrax", "equinox", "matplotlib", "tqdm")
 
 
 def _git_commit() -> str | None:
@@ -23,6 +24,17 @@ def _git_commit() -> str | None:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, check=False)
         return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit (None when git is unavailable)."""
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True, timeout=10, check=False)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -41,11 +53,22 @@ def provenance(*, precision: str | None = None) -> dict[str, Any]:
     return {
         "library_version": LIBRARY_VERSION,
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
+        "python": platform.python_version(),
         "packages": versions,
         "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
         "precision": precision or ("float64" if jax.config.jax_enable_x64 else "float32"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -56,6 +79,7 @@ def _atomic_write(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

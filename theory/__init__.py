@@ -28,6 +28,7 @@ from theory.linear import (
     spectral_loss,
 )
 from theory.moments import Moments, validate_moments
+from theory.reweighting import FixedHeadWeights, exchange_margin, feature_ranks, fixed_head_weights
 from theory.weight_decay import (
     EscapeStep,
     FixedPoints,
@@ -44,6 +45,10 @@ from theory.weight_decay import (
 )
 
 __all__ = [
+    "FixedHeadWeights",
+    "fixed_head_weights",
+    "feature_ranks",
+    "exchange_margin",
     "Moments",
     "validate_moments",
     "optimal_gram",

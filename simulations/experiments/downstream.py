@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import measure, models
+from simulations import models
 from simulations.experiments import weighting
 from simulations.flow import FlowOptions
 from simulations.probe import affine_predictor_risk, representation_normalization, ridge_probe
@@ -234,13 +234,54 @@ def run_downstream(config: DownstreamConfig, *, options: FlowOptions | None = No
     ``predicted_weights`` (L+1, d: |P_l e_i| of the trained net / theory; row 0 is the raw
     input), ``diagnostics`` and ``config``.
     """
-    params, diagnostics = train_network(config.weighting, options=options)
+    return run_downstream_batch([config], options=options)[0]
+
+
+def shape_key(config: DownstreamConfig) -> tuple:
+    """The fields that change array shapes: configs with equal keys run as one batch."""
+    return (config.weighting.dim, config.weighting.widths, config.init, config.n_train, config.n_test)
+
+
+@functools.partial(jax.jit, static_argnames=("n_train", "n_test"))
+def _probe_layers_batch(params, keys, downstream_second_moments, ridges, targets, *, n_train: int,
+                        n_test: int) -> LayerProbes:
+    """:func:`probe_layers` vmapped over the leading (point) axis of every argument."""
+    probe = functools.partial(probe_layers, n_train=n_train, n_test=n_test)
+    return jax.vmap(probe)(params, keys, downstream_second_moments, ridges, targets)
+
+
+def run_downstream_batch(configs, *, options: FlowOptions | None = None, place=None) -> list[dict[str, Any]]:
+    """:func:`run_downstream` for many configs of one shape_key: one vmapped flow, one vmapped probe.
+
+    Seeds, moments, ridges, targets, init scales and weight decays are traced (changing them
+    never recompiles). ``place`` (sweep protocol) is applied to the stacked per-point arrays.
+    """
+    if not configs:
+        raise ValueError("configs must hold at least one DownstreamConfig")
+    shapes = {shape_key(c) for c in configs}
+    if len(shapes) != 1:
+        raise ValueError(f"configs must share d, widths, init, n_train and n_test to run as one batch, "
+                         f"got {sorted(shapes)}")
+    first = configs[0]
+    trained = weighting.run_weighting_batch([c.weighting for c in configs], options=options, place=place)
     with jax.enable_x64(True):
-        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _PROBE_STREAM)
-        probes = probe_layers(params, key, jnp.asarray(config.downstream), config.ridge, config.target,
-                              n_train=config.n_train, n_test=config.n_test)
+        params = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[r["params"] for r in trained])
+        keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(c.seed), _PROBE_STREAM) for c in configs])
+        b_ds = jnp.stack([jnp.asarray(c.downstream) for c in configs])
+        batch = (params, keys, b_ds, jnp.asarray([c.ridge for c in configs], dtype=b_ds.dtype),
+                 jnp.asarray([c.target for c in configs]))
+        if place is not None:
+            batch = place(batch)
+        probes = _probe_layers_batch(*batch, n_train=first.n_train, n_test=first.n_test)
         probes = LayerProbes(*(np.asarray(field) for field in probes))
-        measured_weights = np.vstack([np.ones(config.weighting.dim), np.asarray(measure.feature_weights(params))])
+    return [_downstream_result(config, run, LayerProbes(*(field[index] for field in probes)))
+            for index, (config, run) in enumerate(zip(configs, trained))]
+
+
+def _downstream_result(config: DownstreamConfig, trained: dict[str, Any], probes: LayerProbes) -> dict[str, Any]:
+    """One point's result dict from its weighting run and its probes."""
+    diagnostics = trained["diagnostics"]
+    measured_weights = np.vstack([np.ones(config.weighting.dim), trained["measured"]])
     prediction = predict(config)
     end_to_end = prediction["weights"][-1]
     condition = downstream_theory.pre_beats_post(end_to_end, config.downstream, config.target,
@@ -268,6 +309,16 @@ def run_downstream(config: DownstreamConfig, *, options: FlowOptions | None = No
                         "predicted_state_is_saddle": bool(downstream_theory.basin_is_saddle(
                             config.pos_cov, config.second_moment, end_to_end))},
     }
+
+
+# Sweep protocol (simulations.sweep).
+CONFIG = DownstreamConfig
+SWEEP_OUTPUTS = ("measured", "predicted", "measured_r2", "predicted_r2", "fitted_risk", "measured_weights",
+                 "predicted_weights", "pre_beats_post", "pre.layer", "pre.measured", "pre.predicted",
+                 "post.measured", "post.predicted", "diagnostics.converged", "diagnostics.loss",
+                 "diagnostics.steps", "diagnostics.max_weight_error")
+#: ``--preset NAME``: the pretraining moments, shared with the weighting experiment.
+SWEEP_PRESETS = weighting.SWEEP_PRESETS
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -140,15 +140,17 @@ def run_weighting(config: WeightingConfig, *, times=None, options: FlowOptions |
 
 
 def run_weighting_batch(configs: Sequence[WeightingConfig], *, times=None,
-                        options: FlowOptions | None = None) -> list[dict[str, Any]]:
+                        options: FlowOptions | None = None, place=None) -> list[dict[str, Any]]:
     """Run many configurations of one shape (d, depth, width, init, precision) as one vmapped solve.
 
     Seeds, moments, init scales and weight decays vary freely across ``configs``; they are traced
-    arguments of one compiled program, so changing them never recompiles.
+    arguments of one compiled program, so changing them never recompiles. ``place`` (sweep
+    protocol, simulations.sweep) is applied to the stacked initial parameters and arguments, e.g.
+    to shard the point axis across devices.
     """
     if not configs:
         raise ValueError("configs must hold at least one WeightingConfig")
-    shape = {(c.dim, c.widths, c.init, c.precision) for c in configs}
+    shape = {shape_key(c) for c in configs}
     if len(shape) != 1:
         raise ValueError(f"configs must share d, widths, init and precision to run as one batch, got {sorted(shape)}")
     first = configs[0]
@@ -162,6 +164,8 @@ def run_weighting_batch(configs: Sequence[WeightingConfig], *, times=None,
         args = (jnp.stack([jnp.diag(jnp.asarray(c.pos_cov)) for c in configs]),
                 jnp.stack([jnp.diag(jnp.asarray(c.second_moment)) for c in configs]),
                 jnp.asarray([c.weight_decay for c in configs], dtype=params0[0].dtype))
+        if place is not None:
+            params0, args = place(params0), place(args)
         result = gradient_flow(population_loss, params0, args, times=times, options=options, batched=True)
         measured = np.asarray(jax.vmap(measure.feature_weights)(result.params))
         trajectory = None
@@ -197,6 +201,27 @@ def run_weighting_batch(configs: Sequence[WeightingConfig], *, times=None,
                 },
             })
     return outputs
+
+
+def shape_key(config: WeightingConfig) -> tuple:
+    """The fields that change array shapes: configs with equal keys run as one batch."""
+    return (config.dim, config.widths, config.init, config.precision)
+
+
+# Sweep protocol (simulations.sweep): the config class, the saved outputs and named moment presets.
+CONFIG = WeightingConfig
+SWEEP_OUTPUTS = ("measured", "predicted", "measured_stds", "predicted_stds", "effective_rank",
+                 "diagnostics.converged", "diagnostics.t_final", "diagnostics.steps", "diagnostics.loss",
+                 "diagnostics.predicted_loss", "diagnostics.min_curvature", "diagnostics.restarts",
+                 "diagnostics.at_saddle")
+#: ``--preset NAME`` values for the vector-valued moments (pos_cov a_i, second_moment b_i).
+SWEEP_PRESETS = {
+    "default": {"pos_cov": (0.9, 0.5, 0.8), "second_moment": (1.0, 0.6, 2.0)},
+    # sign_flip, flip probabilities q = 0, 0.25, 0.5 (simulations.data.preset_pairs): r = (1 - 2q)^2.
+    "sign_flip": {"pos_cov": (1.0, 0.25, 0.0), "second_moment": (1.0, 1.0, 1.0)},
+    # Four unit-variance features of decreasing invariance ratio (a larger d: its own shape group).
+    "ratios4": {"pos_cov": (0.9, 0.7, 0.5, 0.3), "second_moment": (1.0, 1.0, 1.0, 1.0)},
+}
 
 
 def _floats(text: str) -> tuple[float, ...]:
