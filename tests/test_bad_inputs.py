@@ -91,6 +91,7 @@ def test_api_bad_input_raises_value_error_naming_the_argument(case):
 
 
 WEIGHTING = ["weighting", "--pos-cov", "0.9,0.5,0.8", "--second-moment", "1,0.6,2"]
+REWEIGHTING = ["reweighting", "--pos-cov", "0.9,0.5,0.8", "--second-moment", "1,0.6,2"]
 DOWNSTREAM = ["downstream", "--pos-cov", "0.9,0.5,0.8", "--second-moment", "1,0.6,2", "--target", "0"]
 
 # (id, entry-point module, argv, expected fragment of the one stderr line)
@@ -108,6 +109,29 @@ CLI_CASES = [
     ("downstream-layer-range", "simulations.__main__", DOWNSTREAM + ["--layer", "5"], "layer"),
     ("downstream-n-train", "simulations.__main__", DOWNSTREAM + ["--n-train", "1"], "n_train"),
     ("downstream-wd", "simulations.__main__", DOWNSTREAM + ["--weight-decay", "-1"], "weight_decay"),
+    ("nonlinear-flip-probability", "simulations.__main__", ["nonlinear", "--flip-probability", "1.5"],
+     "flip_probability"),
+    ("nonlinear-network", "simulations.__main__", ["nonlinear", "--network", "deep"], "--network"),
+    ("nonlinear-steps", "simulations.__main__", ["nonlinear", "--steps", "0"], "steps"),
+    ("nonlinear-weight-decay", "simulations.__main__", ["nonlinear", "--weight-decay", "-1"], "weight_decay"),
+    ("supervised-agreement", "simulations.__main__", ["supervised", "--agreement", "1.5"], "agreement"),
+    ("supervised-init-scale", "simulations.__main__", ["supervised", "--init-scale", "0"], "init_scale"),
+    ("supervised-form", "simulations.__main__", ["supervised", "--contrastive-form", "triplet"], "--contrastive-form"),
+    ("reweighting-kappa", "simulations.__main__", REWEIGHTING + ["--kappa", "0.5"], "kappa"),
+    ("reweighting-init-scale", "simulations.__main__", REWEIGHTING + ["--kappa", "2", "--init-scale", "1e-12"],
+     "init_scale"),
+    ("reweighting-missing-kappa", "simulations.__main__", REWEIGHTING, "--kappa"),
+    ("reweighting-width", "simulations.__main__", REWEIGHTING + ["--kappa", "2", "--width", "0"], "width"),
+    ("sweep-unknown-experiment", "simulations.__main__", ["sweep", "rotate", "--out", "unused-dir"], "rotate"),
+    ("sweep-unknown-field", "simulations.__main__", ["sweep", "weighting", "--out", "unused-dir", "--set", "colour=1,2"],
+     "colour"),
+    ("sweep-seeds-0", "simulations.__main__", ["sweep", "weighting", "--out", "unused-dir", "--seeds", "0"], "seeds"),
+    ("sweep-bad-value", "simulations.__main__", ["sweep", "weighting", "--out", "unused-dir", "--set", "depth=0,2"],
+     "depth"),
+    ("sweep-missing-out", "simulations.__main__", ["sweep", "weighting"], "--out"),
+    ("bench-unknown-part", "bench.__main__", ["--only", "everything"], "--only"),
+    ("bench-negative-budget", "bench.__main__", ["--numpy-budget", "-1"], "--numpy-budget"),
+    ("bench-sweep-points", "bench.__main__", ["--sweep-points", "0"], "--sweep-points"),
     ("figures-unknown-flag", "figures.__main__", ["--bogus"], "--bogus"),
     ("figures-only-unknown", "figures.__main__", ["--only", "no_such_figure"], "--only"),
     ("figure-unknown-flag", "figures.weight_decay", ["--fast"], "--fast"),
@@ -119,8 +143,9 @@ def _main_of(module_name):
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[case[0] for case in CLI_CASES])
-def test_cli_bad_input_prints_one_line_and_exits_2(case, capsys):
+def test_cli_bad_input_prints_one_line_and_exits_2(case, capsys, tmp_path, monkeypatch):
     _, module_name, argv, fragment = case
+    monkeypatch.chdir(tmp_path)  # nothing may be written, but never into the repository
     try:
         status = _main_of(module_name)(argv)
     except SystemExit as exit_:
@@ -132,5 +157,18 @@ def test_cli_bad_input_prints_one_line_and_exits_2(case, capsys):
     assert "Traceback" not in captured.err and captured.out == ""
 
 
-def test_table_is_large_enough():
+def test_table_is_large_enough_and_covers_every_cli():
     assert len(API_CASES) + len(CLI_CASES) >= 40
+    from simulations.__main__ import EXPERIMENTS
+
+    covered = {argv[0] for _, module, argv, _ in CLI_CASES if module == "simulations.__main__" and argv}
+    assert set(EXPERIMENTS) | {"sweep"} <= covered
+    assert {"bench.__main__", "figures.__main__"} <= {module for _, module, _, _ in CLI_CASES}
+
+
+def test_sweep_bad_input_writes_nothing(tmp_path, capsys):
+    from simulations.__main__ import main
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "weighting", "--out", str(out), "--set", "depth=0,2"]) == 2
+    assert not out.exists() or not any(out.iterdir())
