@@ -359,14 +359,17 @@ def compare_nonlinear(kappas: Sequence[float] = (1.0, 1.05, 1.5, 2.0, 3.0), *, c
 
 
 def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config=None) -> dict[str, Any]:
-    """Fixed head vs learned head on the supervised coarse-to-fine task of `supervised`.
+    """Fixed head vs learned head on a task of `supervised` (coarse-to-fine or shift).
 
     The learned-head numbers are `simulations.experiments.supervised.run_supervised(config)`. The
     fixed-head runs train the same ReLU encoder (same init law, data, minibatch keys, loss,
     learning rate, weight decay, steps) with the head replaced by D_k of size ``config.width``
     (one vmapped program over ``kappas``), then apply the same readouts (fine-label R^2 of the
-    normalized ridge probe, fine accuracy, retrained last layer) to the input, pre (h) and post
-    (z = D_k h). Uses the supervised experiment's private building blocks (imported lazily).
+    normalized ridge probe, fine accuracy, retrained last layer: worst-group and average accuracy)
+    to the input, pre (h) and post (z = D_k h). Classifier losses (cross_entropy, squared) train a
+    linear classifier on z = D_k h as the learned-head run trains one on its z; weight decay acts
+    on the encoder only, as there. Uses the supervised experiment's private building blocks
+    (imported lazily).
 
     Returns:
         dict with ``kappas`` (K,), ``fixed`` ({layer: {readout: (K,) array}}), ``learned``
@@ -377,9 +380,8 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
     from simulations.experiments import supervised as sup
 
     config = config or sup.SupervisedConfig(task="coarse_to_fine", loss="spectral")
-    if config.task != "coarse_to_fine" or config.loss not in ("spectral", "infonce"):
-        raise ValueError(f"compare_supervised supports task 'coarse_to_fine' with a contrastive loss, got "
-                         f"task={config.task!r}, loss={config.loss!r}")
+    if getattr(config, "network", "relu") != "relu":
+        raise ValueError(f"compare_supervised needs the ReLU network, got network={config.network!r}")
     kappas = tuple(heads.check_kappa(k) for k in kappas)
     learned = sup.run_supervised(config)
     with jax.enable_x64(True):
@@ -388,16 +390,26 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
 
         def one(kappa):
             train_mixture, eval_mixture = sup._mixtures(config.task, config.dim, config.num_classes, hp)
-            net, _ = sup._init(jax.random.fold_in(key, sup._INIT_STREAM), config, hp["init_scale"],
-                               hp["classifier_init_scale"])
-            encoder = heads.relu_encoder(net)
+            init_key = jax.random.fold_in(key, sup._INIT_STREAM)
+            net, _ = sup._init(init_key, config, hp["init_scale"], hp["classifier_init_scale"])
+            # The classifier reads z = D_k h (width entries), drawn like the learned-head run's.
+            classifier = (hp["classifier_init_scale"] / np.sqrt(config.width)
+                          * jax.random.normal(jax.random.fold_in(init_key, 1), (config.num_classes, config.width)),
+                          jnp.zeros(config.num_classes))
             weights = sup.sdata_class_weights(train_mixture, config.num_classes)
 
             def objective(params, batch):
-                z = heads.apply_with_fixed_head(params, batch.x, kappa)[1]
-                value = (slosses.supervised_spectral_loss(z, batch.coarse, weights) if config.loss == "spectral"
-                         else slosses.supcon_loss(z, batch.coarse, hp["temperature"]))
-                squares = sum(jnp.sum(leaf * leaf) for leaf in jax.tree_util.tree_leaves(params))
+                encoder, classifier = params
+                z = heads.apply_with_fixed_head(encoder, batch.x, kappa)[1]
+                if config.loss == "spectral":
+                    value = slosses.supervised_spectral_loss(z, batch.coarse, weights)
+                elif config.loss == "infonce":
+                    value = slosses.supcon_loss(z, batch.coarse, hp["temperature"])
+                elif config.loss == "cross_entropy":
+                    value = slosses.cross_entropy_loss(classifier, z, batch.coarse)
+                else:
+                    value = slosses.squared_loss(classifier, z, batch.coarse)
+                squares = sum(jnp.sum(leaf * leaf) for leaf in jax.tree_util.tree_leaves(encoder))
                 return value + 0.5 * hp["weight_decay"] * squares
 
             train_key = jax.random.fold_in(key, sup._TRAIN_STREAM)
@@ -408,7 +420,7 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
                 grads = jax.grad(objective)(params, batch)
                 return jax.tree_util.tree_map(lambda p, g: p - hp["learning_rate"] * g, params, grads), None
 
-            encoder, _ = jax.lax.scan(step, encoder, jnp.arange(config.steps))
+            (encoder, _), _ = jax.lax.scan(step, (heads.relu_encoder(net), classifier), jnp.arange(config.steps))
             train = sdata.sample(eval_mixture, jax.random.fold_in(key, sup._PROBE_TRAIN_STREAM), config.n_probe)
             test = sdata.sample(eval_mixture, jax.random.fold_in(key, sup._PROBE_TEST_STREAM), config.n_test)
             num_groups = int(np.max(np.asarray(sup._templates(config.task, config.dim, config.num_classes)[0].group))) + 1
