@@ -8,15 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simulations.experiments import downstream, reweighting, supervised, weighting
-from simulations.experiments import nonlinear
 from simulations import sweep
+from simulations.experiments import downstream, nonlinear, reweighting, supervised, weighting
 from simulations.flow import FlowDivergenceError
 from simulations.runtime import configure_entry_point
 
-EXPERIMENTS = {"weighting": weighting, "downstream": downstream, "reweighting": reweighting,
-               "supervised": supervised}
-EXPERIMENTS["nonlinear"] = nonlinear
+EXPERIMENTS = {"weighting": weighting, "downstream": downstream, "nonlinear": nonlinear,
+               "supervised": supervised, "reweighting": reweighting}
 
 
 class _Parser(argparse.ArgumentParser):
