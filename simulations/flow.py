@@ -320,14 +320,19 @@ def _check_blow_up(params0, out, steps_before, batched, factor=1e6):
     bad = failed & (growth > factor)
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
-        t_final = float(np.atleast_1d(np.asarray(out["t_final"]))[index])
-        steps = int(np.atleast_1d(np.asarray(steps_before + out["steps"]))[index])
-        where = f" (batch point {index})" if batched else ""
+        t_final, steps, where = _failure_point(out, steps_before, index, batched)
         raise FlowDivergenceError(
             f"gradient flow blew up{where}: parameters grew {growth[index]:.3g}-fold and the solver stalled at "
             f"t = {t_final:.6g} after {steps} steps. Remedy: the loss is probably unbounded below (check "
             f"weight_decay >= 0 and the loss); otherwise reduce init_scale or raise max_steps."
         )
+
+
+def _failure_point(out, steps_before, index, batched):
+    """(time, total steps, " (batch point i)" or "") of the point an error message names."""
+    t_final = float(np.atleast_1d(np.asarray(out["t_final"]))[index])
+    steps = int(np.atleast_1d(np.asarray(steps_before + out["steps"]))[index])
+    return t_final, steps, f" (batch point {index})" if batched else ""
 
 
 def _escape_motion(old, new, direction, batched, relative_norm=False):
@@ -359,10 +364,7 @@ def _check_finite(out, steps_before, batched):
     finite = np.all(per_point, axis=0) & np.isfinite(np.atleast_1d(np.asarray(out["loss"])))
     if finite.all():
         return
-    index = int(np.flatnonzero(~finite)[0])
-    t_final = float(np.atleast_1d(np.asarray(out["t_final"]))[index])
-    steps = int(np.atleast_1d(np.asarray(steps_before + out["steps"]))[index])
-    where = f" (batch point {index})" if batched else ""
+    t_final, steps, where = _failure_point(out, steps_before, int(np.flatnonzero(~finite)[0]), batched)
     raise FlowDivergenceError(
         f"gradient flow diverged{where}: non-finite parameters or loss at t = {t_final:.6g} after "
         f"{steps} steps. Remedy: check that the loss is bounded below (weight_decay >= 0, finite "
