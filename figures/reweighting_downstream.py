@@ -11,7 +11,10 @@ For each k a linear encoder is trained behind the fixed head (simulations.experi
 and the normalized ridge probe of simulations.experiments.downstream is fitted on its pre-head
 representation h (markers); the line is theory.reweighting.probe_risks under the rank rule.
 Horizontal lines: no head (= the fixed head's post layer) and the learned two-layer linear head's
-pre layer (theory lines, probe of a trained net as a marker at the right edge).
+pre layer (theory lines, probe of a trained net as a marker at the right edge). Learned ReLU head
+(linear encoder, head V relu(U h), simulations.relu_head; no closed form): exact population loss on
+Gaussian pairs, one marker per init seed at the right edge, trained for a fixed time (its flow
+has plateaus and slow drifts; see docs/reweighting.md).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from figures._common import caption, config_record, run_figure
-from simulations import heads
-from simulations.experiments.downstream import probe_layers
+from simulations import heads, relu_head
+from simulations.experiments.downstream import probe_layers, probe_representations
 from simulations.experiments.reweighting import ReweightingConfig, run_reweighting_batch
 from simulations.experiments.weighting import WeightingConfig, run_weighting
+from simulations.flow import FlowOptions
 from theory import reweighting as reweighting_theory
 
 NAME = "reweighting_downstream"
@@ -47,6 +51,10 @@ class Config:
         ridge: probe penalty (normalized representation).
         n_train, n_test: probe samples.
         learned_init_scale: init of the two-layer learned-head network (balanced: exact at any scale).
+        relu_head_seeds: init seeds of the learned ReLU head (one trained net each).
+        relu_head_hidden: its hidden ReLU units q. relu_head_init_scale: its init (every layer).
+        relu_head_time: its training time T (gradient flow, RKC, not run to a certified end:
+            features are learned one by one with plateaus, and the weights keep drifting slowly).
         seed: init and probe seed.
     """
 
@@ -61,11 +69,16 @@ class Config:
     n_train: int = 5_000
     n_test: int = 20_000
     learned_init_scale: float = 0.1
+    relu_head_seeds: tuple[int, ...] = (0, 1, 2, 3)
+    relu_head_hidden: int = 16
+    relu_head_init_scale: float = 0.1
+    relu_head_time: float = 10_000.0
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(kappas=(1.0, 1.5, 2.0, 3.0), init_scales=(1e-4,), n_train=2_000, n_test=10_000)
+        return cls(kappas=(1.0, 1.5, 2.0, 3.0), init_scales=(1e-4,), n_train=2_000, n_test=10_000,
+                   relu_head_seeds=(0, 2))
 
 
 def compute(config: Config):
@@ -77,6 +90,9 @@ def compute(config: Config):
     fixed = run_reweighting_batch(configs)
     learned = run_weighting(WeightingConfig(pos_cov=config.pos_cov, second_moment=config.second_moment, depth=2,
                                             init_scale=config.learned_init_scale, seed=config.seed))
+    relu = relu_head.train_relu_head(config.pos_cov, config.second_moment, config.relu_head_seeds,
+                                     hidden_width=config.relu_head_hidden, init_scale=config.relu_head_init_scale,
+                                     options=FlowOptions(max_time=config.relu_head_time, certify=False))
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)  # named stream 1 = probe (as downstream)
     b_ds = jnp.asarray(b)
     shape = (len(config.init_scales), len(config.kappas), len(config.targets))
@@ -94,6 +110,12 @@ def compute(config: Config):
             probes = probe_layers(tuple(jnp.asarray(w) for w in learned["params"]), key, b_ds, config.ridge, target,
                                   n_train=config.n_train, n_test=config.n_test)
             learned_pre[t], learned_post[t] = float(probes.mse[1]), float(probes.mse[2])
+        probe_relu = jax.vmap(lambda params, target: probe_representations(
+            lambda x: relu_head.apply_relu_head(params, x), key, b_ds, config.ridge, target, n_train=config.n_train,
+            n_test=config.n_test), in_axes=(None, 0))
+        relu_mse = np.stack([np.asarray(probe_relu(jax.tree_util.tree_map(lambda leaf, s=s: leaf[s], relu.params),
+                                                   jnp.asarray(config.targets)))
+                             for s in range(len(config.relu_head_seeds))])  # (seeds, targets, (pre, post))
     kappa_grid = np.linspace(1.0, max(config.kappas), 121)
     theory = {name: np.array([[reweighting_theory.probe_risks(a, b, k, target, config.ridge)[name]
                                for target in config.targets] for k in kappa_grid])
@@ -108,10 +130,15 @@ def compute(config: Config):
               "targets": np.asarray(config.targets), "fixed_pre": fixed_pre, "fixed_post": fixed_post,
               "learned_pre": learned_pre, "learned_post": learned_post, "kappa_grid": kappa_grid,
               "theory_fixed_pre": theory["fixed_pre"], "theory_no_head": theory["no_head"],
-              "theory_learned_pre": theory["learned_pre"], "pos_cov": a, "second_moment": b}
+              "theory_learned_pre": theory["learned_pre"], "pos_cov": a, "second_moment": b,
+              "relu_head_pre": relu_mse[:, :, 0], "relu_head_post": relu_mse[:, :, 1],
+              "relu_head_encoder_weights": np.linalg.norm(np.asarray(relu.params.encoder), axis=1),
+              "relu_head_loss": np.asarray(relu.loss)}
     record = {"config": config_record(config), "seed": config.seed, "all_converged": bool(converged),
               "max_abs_gap_to_rank_rule": dict(zip([str(e) for e in config.init_scales], max_gap.tolist())),
-              "matching_kappa": _matching_kappas(kappa_grid, theory, config)}
+              "matching_kappa": _matching_kappas(kappa_grid, theory, config),
+              "relu_head": {"t_final": np.asarray(relu.t_final).tolist(), "steps": np.asarray(relu.steps).tolist(),
+                            "certified": False}}
     return arrays, record
 
 
@@ -131,7 +158,7 @@ def plot(arrays, record):
 
     targets = arrays["targets"]
     labels = record["config"]["target_labels"]
-    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 5.4), squeeze=False)
     markers = ["o", "s"]
     for t, axis in enumerate(axes[0]):
         grid = arrays["kappa_grid"]
@@ -149,6 +176,13 @@ def plot(arrays, record):
                   label="learned pre, trained")
         axis.plot([grid[-1]], [arrays["learned_post"][t]], ls="none", marker="+", color="C3", ms=9,
                   label="learned post, trained")
+        if "relu_head_pre" in arrays:
+            seeds = arrays["relu_head_pre"].shape[0]
+            offsets = grid[-1] - 0.06 * (grid[-1] - grid[0]) * (1 + np.arange(seeds) / max(seeds, 1))
+            axis.plot(offsets, arrays["relu_head_pre"][:, t], ls="none", marker="^", color="C4",
+                      label="learned ReLU head, pre (one per seed)")
+            axis.plot(offsets, arrays["relu_head_post"][:, t], ls="none", marker="v", mfc="none", color="C4",
+                      label="learned ReLU head, post")
         match = record["matching_kappa"][str(int(targets[t]))]
         if match is not None:
             axis.axvline(match, color="0.6", lw=0.8, ls=":")
@@ -165,17 +199,22 @@ def plot(arrays, record):
         axis.set_ylim(0, 1.08 * max(1e-3, float(np.max(arrays["theory_no_head"][:, t])),
                                     float(np.max(arrays["theory_fixed_pre"][:, t])),
                                     float(np.max(arrays["theory_learned_pre"][:, t])),
-                                    float(np.max(arrays["fixed_pre"][:, :, t]))))
+                                    float(np.max(arrays["fixed_pre"][:, :, t])),
+                                    float(np.max(arrays.get("relu_head_pre", np.zeros((1, t + 1)))[:, t])),
+                                    float(np.max(arrays.get("relu_head_post", np.zeros((1, t + 1)))[:, t]))))
     axes[0][0].legend(fontsize=7, loc="best")
     fig.suptitle("Fixed reweighting head vs learned head downstream (ridge probe on the normalized representation)",
                  fontsize=11)
-    fig.subplots_adjust(left=0.06, right=0.98, top=0.83, bottom=0.22, wspace=0.25)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.85, bottom=0.29, wspace=0.25)
     gaps = record["max_abs_gap_to_rank_rule"]
     caption(fig, "Pretraining a = (1.9, 0.8, 0.3, 0.1), b = (2, 1, 0.5, 0.5) (r = 0.95, 0.8, 0.6, 0.2). The fixed "
                  "head's pre layer weights feature i by k^n sqrt(a_i)/b_i (n = rank of r_i), so larger k moves "
                  "variance toward low-r features: it helps the disrupted target, and hurts the strong invariant "
                  "one, which the learned head helps (it flattens sqrt(r/b), favouring large-b features). Markers: "
-                 "trained encoders + fitted probes; lines: theory. Max |trained - rank rule| probe MSE: "
+                 "trained encoders + fitted probes; lines: theory. Triangles: a learned ReLU head "
+                 "(V relu(U h), exact Gaussian loss, trained to t = " + f"{record['config']['relu_head_time']:g}" + "; "
+                 "no theory), one per init seed: it learns features one by one, so which weak features its pre "
+                 "layer keeps differs by seed. Max |trained - rank rule| probe MSE: "
                  + ", ".join(f"init {k}: {v:.3f}" for k, v in gaps.items()) + ".")
     return fig
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from simulations import serial_linalg
 from simulations.rkc import RKC2
 from theory._checks import check_choice, check_float, check_int
 
@@ -216,7 +217,7 @@ def _hessian_extremes(loss_fn, params, user_args):
     flat, unravel = ravel_pytree(params)
     loss_of_flat = lambda v: loss_fn(unravel(v), user_args)
     hessian = jax.hessian(loss_of_flat)(flat)
-    eigenvalues, eigenvectors = jnp.linalg.eigh(hessian)
+    eigenvalues, eigenvectors = serial_linalg.eigh(hessian)
     g = jax.grad(loss_of_flat)(flat)
     g2 = jnp.vdot(g, g)
     curvature = jnp.vdot(g, hessian @ g) / jnp.where(g2 > 0, g2, 1.0)

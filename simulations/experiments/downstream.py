@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import json
 import sys
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -214,6 +214,32 @@ def probe_layers(params, key, downstream_second_moment, ridge, target, *, n_trai
         r2.append(fit.r2)
         fitted.append(affine_predictor_risk(beta, offset, u, jnp.diag(b_ds)))
     return LayerProbes(jnp.stack(mse), jnp.stack(r2), jnp.stack(fitted))
+
+
+def probe_representations(represent: Callable, key, downstream_second_moment, ridge, target, *, n_train: int,
+                          n_test: int) -> jax.Array:
+    """Test MSE of the normalized ridge probe on each representation of any (non-linear) network.
+
+    The same inputs, target, normalization and probe as :func:`probe_layers` (same key streams),
+    for networks that are not a product of matrices (e.g. a learned ReLU head).
+
+    Args:
+        represent: ``x (n, d) -> tuple of (n, m_l) representations`` (traceable).
+        key, downstream_second_moment, ridge, target, n_train, n_test: as :func:`probe_layers`.
+
+    Returns:
+        (number of representations,) test MSEs.
+    """
+    b_ds = jnp.asarray(downstream_second_moment)
+    x_train = sample_downstream(jax.random.fold_in(key, _TRAIN_STREAM), b_ds, n_train)
+    x_test = sample_downstream(jax.random.fold_in(key, _TEST_STREAM), b_ds, n_test)
+    y_train, y_test = x_train[:, target] / jnp.sqrt(b_ds[target]), x_test[:, target] / jnp.sqrt(b_ds[target])
+    floor = _EMPTY_LAYER_FRACTION * jnp.sum(b_ds)
+    mse = []
+    for h_train, h_test in zip(represent(x_train), represent(x_test)):
+        mean, scale = representation_normalization(h_train, min_total_variance=floor)
+        mse.append(ridge_probe((h_train - mean) / scale, y_train, (h_test - mean) / scale, y_test, ridge).mse)
+    return jnp.stack(mse)
 
 
 def predict(config: DownstreamConfig) -> dict[str, np.ndarray]:

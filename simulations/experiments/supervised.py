@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import models, relu
+from simulations import models, relu, serial_linalg
 from simulations import supervised_data as sdata
 from simulations import supervised_losses as slosses
 from simulations.flow import FlowDivergenceError
@@ -347,7 +347,7 @@ def _point(config, key, hp):
     out = {name: jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], layers) for i, name in enumerate(LAYERS)}
     readouts = {name: scores[i, :, 1] - scores[i, :, 0] for i, name in enumerate(LAYERS)}  # evidence for class 1
     # Weights: how collapsed the head is and what its readouts use.
-    _, singular, vt = jnp.linalg.svd(net.head, full_matrices=False)
+    _, singular, vt = serial_linalg.svd(net.head)
     head_direction = h_test @ vt[0]
     weights = {"head_singular_values": singular, "head_top_share": singular[0] ** 2 / jnp.sum(singular**2)}
     if config.task == "shift":
