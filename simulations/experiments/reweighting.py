@@ -52,6 +52,8 @@ DEFAULT_OPTIONS = FlowOptions(atol=1e-14)
 #: flow's absolute loss tolerance, and its stuck-saddle check declares the origin a steady state
 #: (measured at eps = 1e-12: flows "converged" with nothing learned).
 MIN_INIT_SCALE = 1e-10
+#: Key stream (under the compared experiment's init key) of the learned ReLU head's init.
+_RELU_HEAD_STREAM = 7
 #: Key paths of the numeric, fixed-shape outputs the sweep engine saves.
 SWEEP_OUTPUTS = ("pre.measured", "pre.predicted", "post.measured", "post.predicted", "coordinates",
                  "predicted_coordinates", "mixing", "diagnostics.converged", "diagnostics.t_final",
@@ -304,9 +306,13 @@ def compare_nonlinear(kappas: Sequence[float] = (1.0, 1.05, 1.5, 2.0, 3.0), *, c
     probes (normalized ridge, R^2 on fresh test data) of the value x_j and magnitude |x_j| of every
     feature at pre (h) and post (z = D_k h).
 
+    A third arm puts a learned two-layer ReLU head z = V relu(U h) (hidden width m, output k,
+    N(0, eps^2 / fan_in) init) on the same encoder init, trained the same way.
+
     Returns:
         dict with ``kappas`` (K,), ``fixed_r2`` (K, layers (pre, post), attributes (value,
-        magnitude), d), ``learned_r2`` (layers, attributes, d) and ``config``.
+        magnitude), d), ``learned_r2`` (layers, attributes, d; the linear head), ``relu_head_r2``
+        (layers, attributes, d) and ``config``.
     """
     from simulations import data
     from simulations.experiments import nonlinear
@@ -322,37 +328,52 @@ def compare_nonlinear(kappas: Sequence[float] = (1.0, 1.05, 1.5, 2.0, 3.0), *, c
         key = jax.random.PRNGKey(config.seed)
         stds, strengths = jnp.asarray(config.stds), jnp.asarray(config.strengths)
 
-        def loss(params, x, x_pos, kappa):
-            z, z_pos = (heads.apply_with_fixed_head(params, v, kappa)[1] for v in (x, x_pos))
-            value = spectral_loss(z, z_pos) if config.loss == "spectral" else info_nce_loss(z, z_pos, config.temperature)
-            squares = sum(jnp.sum(leaf * leaf) for leaf in jax.tree_util.tree_leaves(params))
-            return value + 0.5 * config.weight_decay * squares
-
-        def one(kappa):
+        def train_and_probe(params0, represent):
+            """Same minibatches and probes as `nonlinear`; represent(params, x) -> (h, z)."""
             train_key = jax.random.fold_in(key, 1)  # nonlinear's training stream
+
+            def loss(params, x, x_pos):
+                z, z_pos = represent(params, x)[1], represent(params, x_pos)[1]
+                value = spectral_loss(z, z_pos) if config.loss == "spectral" else info_nce_loss(z, z_pos,
+                                                                                                config.temperature)
+                squares = sum(jnp.sum(leaf * leaf) for leaf in jax.tree_util.tree_leaves(params))
+                return value + 0.5 * config.weight_decay * squares
 
             def step(params, index):
                 x, x_pos = data._sample_product(jax.random.fold_in(train_key, index), stds, strengths, n=batch,
                                                 kinds=kinds)
-                grad = jax.grad(loss)(params, x, x_pos, kappa)
+                grad = jax.grad(loss)(params, x, x_pos)
                 return jax.tree_util.tree_map(lambda p, g: p - config.learning_rate * g, params, grad), None
 
-            params, _ = jax.lax.scan(step, encoder0, jnp.arange(steps))
+            params, _ = jax.lax.scan(step, params0, jnp.arange(steps))
             x_train = data._sample_product(jax.random.fold_in(key, 2), stds, strengths, n=config.n_train,
                                            kinds=kinds)[0]
             x_test = data._sample_product(jax.random.fold_in(key, 3), stds, strengths, n=config.n_test,
                                           kinds=kinds)[0]
             layers = []
-            for reps_train, reps_test in zip(heads.apply_with_fixed_head(params, x_train, kappa),
-                                             heads.apply_with_fixed_head(params, x_test, kappa)):
+            for reps_train, reps_test in zip(represent(params, x_train), represent(params, x_test)):
                 layers.append(jnp.stack([jnp.stack([
                     normalized_ridge_probe(reps_train, f(x_train[:, j]), reps_test, f(x_test[:, j]), config.ridge).r2
                     for j in range(len(kinds))]) for f in (lambda v: v, jnp.abs)]))
             return jnp.stack(layers)
 
+        def one(kappa):
+            return train_and_probe(encoder0, lambda params, x: heads.apply_with_fixed_head(params, x, kappa))
+
+        # Learned ReLU head on the same encoder: z = V relu(U h), U (m, m), V (k, m), N(0, eps^2/fan_in).
+        width = config.hidden_width
+        head_key = jax.random.fold_in(jax.random.fold_in(key, 0), _RELU_HEAD_STREAM)
+        mlp0 = (encoder0, *(config.init_scale / np.sqrt(width) * jax.random.normal(sub, shape) for sub, shape in
+                            zip(jax.random.split(head_key), ((width, width), (config.head_width, width)))))
+
+        def mlp(params, x):
+            h = heads.encode(params[0], x)
+            return h, jax.nn.relu(h @ params[1].T) @ params[2].T
+
+        relu_head_r2 = np.asarray(jax.jit(lambda p: train_and_probe(p, mlp))(mlp0))
         fixed = np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(kappas, dtype=jnp.float64)))
     return {"kappas": np.asarray(kappas), "fixed_r2": fixed, "learned_r2": np.asarray(learned["r2"][0]),
-            "config": dataclasses.asdict(config)}
+            "relu_head_r2": relu_head_r2, "config": dataclasses.asdict(config)}
 
 
 # --------------------------------------------------------------------------- supervised setting
@@ -371,9 +392,14 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
     on the encoder only, as there. Uses the supervised experiment's private building blocks
     (imported lazily).
 
+    A third arm puts a learned two-layer ReLU head z = V relu(U h) (hidden width m, output
+    ``config.head_dim``, N(0, init_scale^2 / fan_in) init) on the same encoder init, trained the
+    same way (the classifier of a classifier loss reads its z).
+
     Returns:
         dict with ``kappas`` (K,), ``fixed`` ({layer: {readout: (K,) array}}), ``learned``
-        ({layer: {readout: float}}) and ``config``.
+        ({layer: {readout: float}}; the linear head), ``relu_head`` ({layer: {readout: float}})
+        and ``config``.
     """
     from simulations import supervised_data as sdata
     from simulations import supervised_losses as slosses
@@ -388,19 +414,24 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
         hp = {name: jnp.asarray(getattr(config, name), dtype=jnp.float64) for name in sup._TRACED}
         key = jax.random.PRNGKey(config.seed)
 
-        def one(kappa):
-            train_mixture, eval_mixture = sup._mixtures(config.task, config.dim, config.num_classes, hp)
-            init_key = jax.random.fold_in(key, sup._INIT_STREAM)
-            net, _ = sup._init(init_key, config, hp["init_scale"], hp["classifier_init_scale"])
-            # The classifier reads z = D_k h (width entries), drawn like the learned-head run's.
-            classifier = (hp["classifier_init_scale"] / np.sqrt(config.width)
-                          * jax.random.normal(jax.random.fold_in(init_key, 1), (config.num_classes, config.width)),
-                          jnp.zeros(config.num_classes))
-            weights = sup.sdata_class_weights(train_mixture, config.num_classes)
+        train_mixture, eval_mixture = sup._mixtures(config.task, config.dim, config.num_classes, hp)
+        init_key = jax.random.fold_in(key, sup._INIT_STREAM)
+        net, _ = sup._init(init_key, config, hp["init_scale"], hp["classifier_init_scale"])
+        weights = sup.sdata_class_weights(train_mixture, config.num_classes)
+        num_groups = int(np.max(np.asarray(sup._templates(config.task, config.dim, config.num_classes)[0].group))) + 1
+
+        def classifier0(width):
+            """A linear classifier on z (width entries), drawn like the learned-head run's."""
+            return (hp["classifier_init_scale"] / np.sqrt(width)
+                    * jax.random.normal(jax.random.fold_in(init_key, 1), (config.num_classes, width)),
+                    jnp.zeros(config.num_classes))
+
+        def train_and_read(params0, represent):
+            """Same minibatches and readouts as `supervised`; represent(encoder, x) -> (h, z)."""
 
             def objective(params, batch):
                 encoder, classifier = params
-                z = heads.apply_with_fixed_head(encoder, batch.x, kappa)[1]
+                z = represent(encoder, batch.x)[1]
                 if config.loss == "spectral":
                     value = slosses.supervised_spectral_loss(z, batch.coarse, weights)
                 elif config.loss == "infonce":
@@ -420,20 +451,36 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
                 grads = jax.grad(objective)(params, batch)
                 return jax.tree_util.tree_map(lambda p, g: p - hp["learning_rate"] * g, params, grads), None
 
-            (encoder, _), _ = jax.lax.scan(step, (heads.relu_encoder(net), classifier), jnp.arange(config.steps))
+            (encoder, _), _ = jax.lax.scan(step, params0, jnp.arange(config.steps))
             train = sdata.sample(eval_mixture, jax.random.fold_in(key, sup._PROBE_TRAIN_STREAM), config.n_probe)
             test = sdata.sample(eval_mixture, jax.random.fold_in(key, sup._PROBE_TEST_STREAM), config.n_test)
-            num_groups = int(np.max(np.asarray(sup._templates(config.task, config.dim, config.num_classes)[0].group))) + 1
             out = {}
             for name, (f_train, f_test) in zip(("input", "pre", "post"), (
-                    (train.x, test.x), *zip(heads.apply_with_fixed_head(encoder, train.x, kappa),
-                                            heads.apply_with_fixed_head(encoder, test.x, kappa)))):
+                    (train.x, test.x), *zip(represent(encoder, train.x), represent(encoder, test.x)))):
                 readouts, _ = sup._layer_readouts(f_train, train, f_test, test, hp["ridge"], config.num_classes,
                                                   num_groups)
                 out[name] = {k: v for k, v in readouts.items() if k != "group_accuracy"}
             return out
 
+        def one(kappa):
+            return train_and_read((heads.relu_encoder(net), classifier0(config.width)),
+                                  lambda encoder, x: heads.apply_with_fixed_head(encoder, x, kappa))
+
+        # Learned ReLU head: z = V relu(U h), U (m, m), V (head_dim, m), N(0, init_scale^2 / fan_in).
+        m = config.width
+        head_key = jax.random.fold_in(init_key, _RELU_HEAD_STREAM)
+        mlp0 = (heads.relu_encoder(net), *(hp["init_scale"] / np.sqrt(m) * jax.random.normal(sub, shape)
+                                           for sub, shape in zip(jax.random.split(head_key),
+                                                                 ((m, m), (config.head_dim, m)))))
+
+        def mlp(encoder, x):
+            h = heads.encode(encoder[0], x)
+            return h, jax.nn.relu(h @ encoder[1].T) @ encoder[2].T
+
+        relu_head = jax.tree_util.tree_map(
+            np.asarray, jax.jit(lambda p: train_and_read(p, mlp))((mlp0, classifier0(config.head_dim))))
         fixed = jax.tree_util.tree_map(np.asarray, jax.jit(jax.vmap(one))(jnp.asarray(kappas, dtype=jnp.float64)))
     learned_summary = {layer: {k: learned[layer][k] for k in fixed[layer]} for layer in fixed}
     return {"kappas": np.asarray(kappas), "fixed": fixed, "learned": learned_summary,
+            "relu_head": {layer: {k: float(v) for k, v in values.items()} for layer, values in relu_head.items()},
             "config": dataclasses.asdict(config)}
