@@ -1,8 +1,8 @@
 """Fixed reweighting head downstream: probe error of the pre-head layer against k, next to the learned head.
 
 Run:  python -m figures.reweighting_downstream [--quick] [--out DIR] [--redraw]
-Expected runtime: ~20 s on 2 idle CPU cores (two compilations of the flow, one of the probe);
---quick ~10 s.
+Expected runtime: ~55-65 s on 2 idle CPU cores (three compilations of the flow; ~8 s is the
+ReLU head's training); --quick ~20 s.
 
 One pretraining problem (d = 4), three downstream targets, one per regime of the downstream
 experiment: a strong invariant feature (large b, high r: the learned head's pre layer beats post),
@@ -110,12 +110,10 @@ def compute(config: Config):
             probes = probe_layers(tuple(jnp.asarray(w) for w in learned["params"]), key, b_ds, config.ridge, target,
                                   n_train=config.n_train, n_test=config.n_test)
             learned_pre[t], learned_post[t] = float(probes.mse[1]), float(probes.mse[2])
-        probe_relu = jax.vmap(lambda params, target: probe_representations(
+        probe_relu = jax.jit(jax.vmap(jax.vmap(lambda params, target: probe_representations(
             lambda x: relu_head.apply_relu_head(params, x), key, b_ds, config.ridge, target, n_train=config.n_train,
-            n_test=config.n_test), in_axes=(None, 0))
-        relu_mse = np.stack([np.asarray(probe_relu(jax.tree_util.tree_map(lambda leaf, s=s: leaf[s], relu.params),
-                                                   jnp.asarray(config.targets)))
-                             for s in range(len(config.relu_head_seeds))])  # (seeds, targets, (pre, post))
+            n_test=config.n_test), in_axes=(None, 0)), in_axes=(0, None)))
+        relu_mse = np.asarray(probe_relu(relu.params, jnp.asarray(config.targets)))  # (seeds, targets, (pre, post))
     kappa_grid = np.linspace(1.0, max(config.kappas), 121)
     theory = {name: np.array([[reweighting_theory.probe_risks(a, b, k, target, config.ridge)[name]
                                for target in config.targets] for k in kappa_grid])

@@ -70,10 +70,15 @@ def init_relu_head(key: jax.Array, input_dim: int, width: int, hidden_width: int
                             for sub, shape in zip(keys, shapes)))
 
 
+def apply_head(h: jax.Array, hidden: jax.Array, head: jax.Array) -> jax.Array:
+    """z = V relu(U h) for a batch h (n, m): U (q, m), V (k, q); on any encoder's output."""
+    return jax.nn.relu(h @ hidden.T) @ head.T
+
+
 def apply_relu_head(params: ReLUHeadParams, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(h, z) for a batch x (n, d): h = W x (n, m), z = V relu(U h) (n, k)."""
     h = x @ params.encoder.T
-    return h, jax.nn.relu(h @ params.hidden.T) @ params.head.T
+    return h, apply_head(h, params.hidden, params.head)
 
 
 @jax.custom_jvp

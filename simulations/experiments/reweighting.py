@@ -13,8 +13,10 @@ weights come from the trained encoder: pre ||P_L e_i|| (what downstream uses), p
 sqrt(a_i)/b_i, the no-head optimum; pre k^n sqrt(a_i)/b_i for the feature ranked n-th by a/b,
 the small-init limit; see theory.reweighting for where it holds at finite init).
 
-Comparisons with the learned head on the other settings: :func:`compare_nonlinear` (sign-flip,
-ReLU encoder; issue 4's experiment) and :func:`compare_supervised` (coarse-to-fine; issue 5's).
+Comparisons with learned heads (linear, and a two-layer ReLU head V relu(U h)) on the other
+settings: :func:`compare_nonlinear` (sign-flip, ReLU encoder; issue 4's experiment) and
+:func:`compare_supervised` (coarse-to-fine or spurious shift; issue 5's). On linear data the
+learned ReLU head is in simulations.relu_head (exact loss), used by figure reweighting_downstream.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from simulations import heads, models
 from simulations.experiments.weighting import _floats
 from simulations.flow import FlowOptions, gradient_flow
+from simulations.relu_head import apply_head
 from theory import reweighting as reweighting_theory
 from theory._checks import check_choice, check_float, check_int
 from theory.moments import validate_moments
@@ -368,7 +371,7 @@ def compare_nonlinear(kappas: Sequence[float] = (1.0, 1.05, 1.5, 2.0, 3.0), *, c
 
         def mlp(params, x):
             h = heads.encode(params[0], x)
-            return h, jax.nn.relu(h @ params[1].T) @ params[2].T
+            return h, apply_head(h, params[1], params[2])
 
         relu_head_r2 = np.asarray(jax.jit(lambda p: train_and_probe(p, mlp))(mlp0))
         fixed = np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(kappas, dtype=jnp.float64)))
@@ -475,7 +478,7 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
 
         def mlp(encoder, x):
             h = heads.encode(encoder[0], x)
-            return h, jax.nn.relu(h @ encoder[1].T) @ encoder[2].T
+            return h, apply_head(h, encoder[1], encoder[2])
 
         relu_head = jax.tree_util.tree_map(
             np.asarray, jax.jit(lambda p: train_and_read(p, mlp))((mlp0, classifier0(config.head_dim))))
