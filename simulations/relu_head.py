@@ -70,6 +70,25 @@ def init_relu_head(key: jax.Array, input_dim: int, width: int, hidden_width: int
                             for sub, shape in zip(keys, shapes)))
 
 
+def init_head(key: jax.Array, width: int, hidden_width: int, output_dim: int, *, init_scale) -> tuple[jax.Array, jax.Array]:
+    """(U (q, m), V (k, q)) of a ReLU head for any encoder of width m, N(0, eps^2 / fan_in) entries.
+
+    ``init_scale`` may be traced. (:func:`init_relu_head` draws all three layers from one split.)
+    """
+    key_hidden, key_head = jax.random.split(key)
+    return (init_scale / jnp.sqrt(width) * jax.random.normal(key_hidden, (hidden_width, width)),
+            init_scale / jnp.sqrt(hidden_width) * jax.random.normal(key_head, (output_dim, hidden_width)))
+
+
+def apply_with_relu_head(params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(h, z) for params = (encoder, U, V): h = any library encoder's output
+    (simulations.heads.encode), z = V relu(U h)."""
+    from simulations.heads import encode
+
+    h = encode(params[0], x)
+    return h, apply_head(h, params[1], params[2])
+
+
 def apply_head(h: jax.Array, hidden: jax.Array, head: jax.Array) -> jax.Array:
     """z = V relu(U h) for a batch h (n, m): U (q, m), V (k, q); on any encoder's output."""
     return jax.nn.relu(h @ hidden.T) @ head.T

@@ -179,6 +179,15 @@ def sample_downstream(key: jax.Array, downstream_second_moment, n: int) -> jax.A
     return jnp.sqrt(b_ds) * jax.random.normal(key, (n, b_ds.shape[0]), b_ds.dtype)
 
 
+def _probe_data(key, b_ds, target, n_train, n_test):
+    """Probe inputs and standardized target x_j / sqrt(b_j) (train from stream 0, test from 1), and
+    the normalization floor for an empty layer."""
+    x_train = sample_downstream(jax.random.fold_in(key, _TRAIN_STREAM), b_ds, n_train)
+    x_test = sample_downstream(jax.random.fold_in(key, _TEST_STREAM), b_ds, n_test)
+    scale = jnp.sqrt(b_ds[target])
+    return x_train, x_train[:, target] / scale, x_test, x_test[:, target] / scale, _EMPTY_LAYER_FRACTION * jnp.sum(b_ds)
+
+
 @functools.partial(jax.jit, static_argnames=("n_train", "n_test"))
 def probe_layers(params, key, downstream_second_moment, ridge, target, *, n_train: int,
                  n_test: int) -> LayerProbes:
@@ -197,12 +206,9 @@ def probe_layers(params, key, downstream_second_moment, ridge, target, *, n_trai
     """
     b_ds = jnp.asarray(downstream_second_moment)
     d = b_ds.shape[0]
-    x_train = sample_downstream(jax.random.fold_in(key, _TRAIN_STREAM), b_ds, n_train)
-    x_test = sample_downstream(jax.random.fold_in(key, _TEST_STREAM), b_ds, n_test)
-    y_train, y_test = x_train[:, target] / jnp.sqrt(b_ds[target]), x_test[:, target] / jnp.sqrt(b_ds[target])
+    x_train, y_train, x_test, y_test, floor = _probe_data(key, b_ds, target, n_train, n_test)
     maps = (jnp.eye(d, dtype=b_ds.dtype),) + models.layer_maps(params)
     u = jnp.zeros(d, b_ds.dtype).at[target].set(1.0 / jnp.sqrt(b_ds[target]))  # y = u . x
-    floor = _EMPTY_LAYER_FRACTION * jnp.sum(b_ds)
     mse, r2, fitted = [], [], []
     for P in maps:
         h_train, h_test = x_train @ P.T, x_test @ P.T
@@ -230,11 +236,8 @@ def probe_representations(represent: Callable, key, downstream_second_moment, ri
     Returns:
         (number of representations,) test MSEs.
     """
-    b_ds = jnp.asarray(downstream_second_moment)
-    x_train = sample_downstream(jax.random.fold_in(key, _TRAIN_STREAM), b_ds, n_train)
-    x_test = sample_downstream(jax.random.fold_in(key, _TEST_STREAM), b_ds, n_test)
-    y_train, y_test = x_train[:, target] / jnp.sqrt(b_ds[target]), x_test[:, target] / jnp.sqrt(b_ds[target])
-    floor = _EMPTY_LAYER_FRACTION * jnp.sum(b_ds)
+    x_train, y_train, x_test, y_test, floor = _probe_data(key, jnp.asarray(downstream_second_moment), target,
+                                                          n_train, n_test)
     mse = []
     for h_train, h_test in zip(represent(x_train), represent(x_test)):
         mean, scale = representation_normalization(h_train, min_total_variance=floor)

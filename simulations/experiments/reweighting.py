@@ -34,7 +34,7 @@ import numpy as np
 from simulations import heads, models
 from simulations.experiments.weighting import _floats
 from simulations.flow import FlowOptions, gradient_flow
-from simulations.relu_head import apply_head
+from simulations.relu_head import apply_with_relu_head, init_head
 from theory import reweighting as reweighting_theory
 from theory._checks import check_choice, check_float, check_int
 from theory.moments import validate_moments
@@ -364,16 +364,10 @@ def compare_nonlinear(kappas: Sequence[float] = (1.0, 1.05, 1.5, 2.0, 3.0), *, c
             return train_and_probe(encoder0, lambda params, x: heads.apply_with_fixed_head(params, x, kappa))
 
         # Learned ReLU head on the same encoder: z = V relu(U h), U (m, m), V (k, m), N(0, eps^2/fan_in).
-        width = config.hidden_width
         head_key = jax.random.fold_in(jax.random.fold_in(key, 0), _RELU_HEAD_STREAM)
-        mlp0 = (encoder0, *(config.init_scale / np.sqrt(width) * jax.random.normal(sub, shape) for sub, shape in
-                            zip(jax.random.split(head_key), ((width, width), (config.head_width, width)))))
-
-        def mlp(params, x):
-            h = heads.encode(params[0], x)
-            return h, apply_head(h, params[1], params[2])
-
-        relu_head_r2 = np.asarray(jax.jit(lambda p: train_and_probe(p, mlp))(mlp0))
+        mlp0 = (encoder0, *init_head(head_key, config.hidden_width, config.hidden_width, config.head_width,
+                                     init_scale=config.init_scale))
+        relu_head_r2 = np.asarray(jax.jit(lambda p: train_and_probe(p, apply_with_relu_head))(mlp0))
         fixed = np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(kappas, dtype=jnp.float64)))
     return {"kappas": np.asarray(kappas), "fixed_r2": fixed, "learned_r2": np.asarray(learned["r2"][0]),
             "relu_head_r2": relu_head_r2, "config": dataclasses.asdict(config)}
@@ -470,18 +464,10 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
                                   lambda encoder, x: heads.apply_with_fixed_head(encoder, x, kappa))
 
         # Learned ReLU head: z = V relu(U h), U (m, m), V (head_dim, m), N(0, init_scale^2 / fan_in).
-        m = config.width
-        head_key = jax.random.fold_in(init_key, _RELU_HEAD_STREAM)
-        mlp0 = (heads.relu_encoder(net), *(hp["init_scale"] / np.sqrt(m) * jax.random.normal(sub, shape)
-                                           for sub, shape in zip(jax.random.split(head_key),
-                                                                 ((m, m), (config.head_dim, m)))))
-
-        def mlp(encoder, x):
-            h = heads.encode(encoder[0], x)
-            return h, apply_head(h, encoder[1], encoder[2])
-
-        relu_head = jax.tree_util.tree_map(
-            np.asarray, jax.jit(lambda p: train_and_read(p, mlp))((mlp0, classifier0(config.head_dim))))
+        mlp0 = (heads.relu_encoder(net), *init_head(jax.random.fold_in(init_key, _RELU_HEAD_STREAM), config.width,
+                                                    config.width, config.head_dim, init_scale=hp["init_scale"]))
+        relu_head = jax.tree_util.tree_map(np.asarray, jax.jit(lambda p: train_and_read(p, apply_with_relu_head))(
+            (mlp0, classifier0(config.head_dim))))
         fixed = jax.tree_util.tree_map(np.asarray, jax.jit(jax.vmap(one))(jnp.asarray(kappas, dtype=jnp.float64)))
     learned_summary = {layer: {k: learned[layer][k] for k in fixed[layer]} for layer in fixed}
     return {"kappas": np.asarray(kappas), "fixed": fixed, "learned": learned_summary,
