@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from theory._checks import check_float, check_int
+from theory.checks import check_float, check_int
 
 # Historical name kept for bench.integrators and external scripts: the pinned sizes.
 PINNED = dict(dim=16, depth=3, width=16, init_scale=0.05)

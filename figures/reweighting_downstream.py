@@ -12,7 +12,7 @@ and the normalized ridge probe of simulations.experiments.downstream is fitted o
 representation h (markers); the line is theory.reweighting.probe_risks under the rank rule.
 Horizontal lines: no head (= the fixed head's post layer) and the learned two-layer linear head's
 pre layer (theory lines, probe of a trained net as a marker at the right edge). Learned ReLU head
-(linear encoder, head V relu(U h), simulations.relu_head; no closed form): exact population loss on
+(linear encoder, head V relu(U h), simulations.models.relu_head; no closed form): exact population loss on
 Gaussian pairs, one marker per init seed at the right edge, trained for a fixed time (its flow
 has plateaus and slow drifts; see docs/reweighting.md).
 """
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from figures._common import caption, config_record, run_figure
-from simulations import heads, relu_head
+from simulations.models import heads, relu_head
 from simulations.experiments.downstream import probe_layers, probe_representations
 from simulations.experiments.reweighting import ReweightingConfig, run_reweighting_batch
 from simulations.experiments.weighting import WeightingConfig, run_weighting

@@ -4,7 +4,7 @@ Run:  python -m figures.supervised_coarse_to_fine [--quick] [--out DIR] [--redra
 Expected runtime: one compiled program (loss and network kind are traced), all runs in one vmapped
 batch: ~25 s of CPU time, --quick ~12 s (wall time is longer on shared cores).
 
-Data: simulations.supervised_data.coarse_to_fine with a weak linear class signal (class_offset
+Data: simulations.data.mixtures.coarse_to_fine with a weak linear class signal (class_offset
 0.5), so that linear networks have class-mean directions to learn: coarse class c is the union of
 subclasses at +-mu e_c (+ 0.5 e_(C+c)). Networks are trained on the coarse label; the fine label
 (subclass, +1/-1 within its coarse class) is probed on fresh data with the normalized ridge probe

@@ -6,7 +6,7 @@ Expected runtime: ~20 s on 2 CPU cores (one compiled program, all points vmapped
 A two-layer ReLU network is trained with cross-entropy (through a linear classifier on the head's
 output z) on a binary label whose core feature is non-linear (y = 0: x_0 = +-mu, y = 1: x_0 ~ 0)
 and whose spurious feature x_1 = +-mu_s agrees with the label with probability ``agreement``
-(simulations.supervised_data.spurious). Then the last layer is retrained on group-balanced data
+(simulations.data.mixtures.spurious). Then the last layer is retrained on group-balanced data
 at the input, below the head (h) and above it (z), and scored on group-balanced test data.
 Right panel, the explanation from the weights: the spurious-to-core effect ratio of each retrained
 readout (group-mean differences of its score) and of the head's top singular direction.

@@ -31,7 +31,7 @@ from jax.flatten_util import ravel_pytree
 
 from simulations import serial_linalg
 from simulations.rkc import RKC2
-from theory._checks import check_choice, check_float, check_int
+from theory.checks import check_choice, check_float, check_int
 
 SOLVERS = ("rkc", "kvaerno5", "tsit5", "euler")
 

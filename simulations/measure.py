@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from simulations.models import LinearParams, layer_maps
+from simulations.models.linear import LinearParams, layer_maps
 
 
 def feature_weights(params: LinearParams) -> jnp.ndarray:

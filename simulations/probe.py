@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from simulations import serial_linalg
-from theory._checks import check_float
+from theory.checks import check_float
 from theory.downstream import population_ridge_risk  # noqa: F401  (re-exported population twin)
 
 __all__ = [

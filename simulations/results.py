@@ -71,7 +71,7 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -107,10 +107,38 @@ def save_results(directory, name: str, arrays: Mapping[str, Any], record: Mappin
     directory = Path(directory)
     npz_path, json_path = directory / f"{name}.npz", directory / f"{name}.json"
     numpy_arrays = {key: np.asarray(value) for key, value in arrays.items()}
-    _atomic_write(npz_path, lambda handle: np.savez(handle, **numpy_arrays))
+    atomic_write(npz_path, lambda handle: np.savez(handle, **numpy_arrays))
     payload = {**to_jsonable(dict(record)), "provenance": provenance(precision=precision)}
-    _atomic_write(json_path, lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
+    atomic_write(json_path, lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
     return npz_path, json_path
+
+
+def save_run(directory, name: str, arrays: Mapping[str, Any], record: Mapping[str, Any], *,
+             precision: str | None = None) -> tuple[Path, Path]:
+    """:func:`save_results` that never overwrites a different earlier run.
+
+    Writes ``name.{npz,json}``; when ``name.json`` already holds a run with another record (config,
+    seed or results), the files are written as ``name-2``, ``name-3``, ... instead and a line on stderr
+    says so. Rerunning the same config replaces its own files.
+    """
+    import sys
+
+    directory = Path(directory)
+    candidate, number = name, 1
+    payload = to_jsonable(dict(record))
+    while (directory / f"{candidate}.json").exists():
+        try:
+            previous = json.loads((directory / f"{candidate}.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if isinstance(previous, dict) and {k: v for k, v in previous.items() if k != "provenance"} == payload:
+            break
+        number += 1
+        candidate = f"{name}-{number}"
+    if candidate != name:
+        print(f"note: {directory / name}.json holds a different run; writing {candidate}.{{npz,json}} instead",
+              file=sys.stderr)
+    return save_results(directory, candidate, arrays, record, precision=precision)
 
 
 def load_results(directory, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

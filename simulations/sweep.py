@@ -59,7 +59,7 @@ import jax
 import numpy as np
 
 from simulations.results import load_results, save_results, to_jsonable
-from simulations.results import _atomic_write  # one atomic-write implementation for the library
+from simulations.results import atomic_write
 
 MANIFEST = "manifest.json"
 #: Bumped when the on-disk layout changes; a directory of another format is refused.
@@ -461,7 +461,7 @@ def run_sweep(module: types.ModuleType, out, *, axes: Sequence[tuple[str, Sequen
                         "chunks": [{"name": c.name, "group": c.group, "points": list(c.points)} for c in plan.chunks],
                         "outputs": list(module.SWEEP_OUTPUTS)}
             text = json.dumps(manifest, indent=1).encode()
-            _atomic_write(out / MANIFEST, lambda handle: handle.write(text))
+            atomic_write(out / MANIFEST, lambda handle: handle.write(text))
         elif manifest["arguments"] != arguments:
             raise ValueError(f"out: {out} holds a sweep with different arguments "
                              f"({_difference(manifest['arguments'], arguments)}); choose a new --out")

@@ -14,7 +14,8 @@ import re
 import numpy as np
 import pytest
 
-from simulations import data, losses, models, probe, relu, training
+from simulations import data, losses, models, probe, train
+from simulations.models import relu
 from simulations.experiments import downstream, weighting
 from simulations.flow import FlowOptions
 from theory import downstream as downstream_theory
@@ -64,10 +65,10 @@ API_CASES = [
     ("probe-negative-ridge", lambda: probe.ridge_probe(X, np.ones(4), X, np.ones(4), -1.0), "ridge"),
     ("probe-one-sample", lambda: probe.ridge_probe(X[:1], np.ones(1), X, np.ones(4), 0.1), "train_features"),
     ("probe-target-shape", lambda: probe.ridge_probe(X, np.ones(3), X, np.ones(4), 0.1), "train_target"),
-    ("training-learning-rate", lambda: training.train_on_samples(
+    ("training-learning-rate", lambda: train.train_on_samples(
         lambda p, x, xp: 0.0, X, _pairs, KEY, learning_rate=0.0, steps=10, batch_size=4, record_every=10),
      "learning_rate"),
-    ("training-steps-multiple", lambda: training.train_on_samples(
+    ("training-steps-multiple", lambda: train.train_on_samples(
         lambda p, x, xp: 0.0, X, _pairs, KEY, learning_rate=0.1, steps=15, batch_size=4, record_every=10), "steps"),
     ("flow-solver", lambda: FlowOptions(solver="rk4"), "solver"),
     ("flow-rtol", lambda: FlowOptions(rtol=0.0), "rtol"),
@@ -96,7 +97,6 @@ DOWNSTREAM = ["downstream", "--pos-cov", "0.9,0.5,0.8", "--second-moment", "1,0.
 
 # (id, entry-point module, argv, expected fragment of the one stderr line)
 CLI_CASES = [
-    ("simulations-no-experiment", "simulations.__main__", [], "experiment"),
     ("simulations-unknown-experiment", "simulations.__main__", ["rotate"], "rotate"),
     ("weighting-negative-b", "simulations.__main__",
      ["weighting", "--pos-cov", "0.9,0.5,0.8", "--second-moment", "1,-0.6,2"], "second_moment"),
@@ -172,3 +172,14 @@ def test_sweep_bad_input_writes_nothing(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["sweep", "weighting", "--out", str(out), "--set", "depth=0,2"]) == 2
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_bare_simulations_command_prints_help(capsys):
+    """No experiment is not an error: the command lists the experiments and exits 0."""
+    from simulations.__main__ import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: python -m simulations" in out
+    for name in ("weighting", "downstream", "nonlinear", "supervised", "reweighting", "sweep"):
+        assert name in out

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from simulations import data, losses, relu
+from simulations import data, losses
+from simulations.models import relu
 from simulations.__main__ import main as cli_main
 from simulations.experiments import nonlinear
 from simulations.flow import FlowDivergenceError, FlowOptions, gradient_flow
@@ -153,7 +154,7 @@ def test_population_loss_is_the_expectation_of_the_sampled_loss(laws_fn, bias):
 
     @jax.jit
     def sampled(key):
-        x, x_pos = data._sample_product(key, jnp.asarray(laws.stds), jnp.asarray(laws.strengths), n=n,
+        x, x_pos = data.sample_product(key, jnp.asarray(laws.stds), jnp.asarray(laws.strengths), n=n,
                                         kinds=laws.kinds)
         return losses.spectral_loss(relu.apply_relu(params, x)[1], relu.apply_relu(params, x_pos)[1])
 

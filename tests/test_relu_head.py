@@ -17,7 +17,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from simulations import data, losses
-from simulations import relu_head as rh
+from simulations.models import relu_head as rh
 from simulations.experiments.downstream import probe_layers, probe_representations
 from simulations.flow import FlowOptions
 

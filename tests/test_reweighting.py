@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simulations import heads, models, relu
+from simulations import models
+from simulations.models import heads, relu
 from simulations.experiments.reweighting import (ReweightingConfig, run_reweighting, run_reweighting_batch,
                                                  shape_key)
 from simulations.losses import spectral_population_loss_of_map

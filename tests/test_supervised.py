@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import theory
-from simulations import losses, relu
-from simulations import supervised_data as sdata
-from simulations import supervised_losses as slosses
+from simulations import losses
+from simulations.models import relu
+from simulations.data import mixtures as sdata
+from simulations import losses as slosses
 from simulations.__main__ import main as cli_main
 from simulations.experiments import supervised
 from simulations.experiments.supervised import (LinearSupervisedConfig, SupervisedConfig, run_linear_supervised,

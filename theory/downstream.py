@@ -74,7 +74,7 @@ from __future__ import annotations
 import numpy as np
 
 from theory import weight_decay as wd_theory
-from theory._checks import as_finite_array, check_float, check_int
+from theory.checks import as_finite_array, check_float, check_int
 from theory.linear import _gram_power_basis, _top_positive
 from theory.moments import validate_moments
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from theory._checks import as_finite_array, check_float, check_int
+from theory.checks import as_finite_array, check_float, check_int
 from theory.linear import _diagonal_moments
 from theory.weight_decay import _roots_v
 

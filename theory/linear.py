@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from theory._checks import as_finite_array, check_int
+from theory.checks import as_finite_array, check_int
 from theory.moments import Moments, validate_moments
 
 __all__ = [

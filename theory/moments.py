@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from theory._checks import as_finite_array
+from theory.checks import as_finite_array
 
 # Relative slack for the PSD / |a| <= b checks: rounding in user-given matrices.
 _PSD_SLACK = 1e-10

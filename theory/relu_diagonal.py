@@ -1,6 +1,6 @@
 """Exact population spectral loss and fixed points of the diagonal two-layer ReLU network.
 
-Network (simulations.relu.DiagonalReLUParams): input coordinate j feeds g channels,
+Network (simulations.models.relu.DiagonalReLUParams): input coordinate j feeds g channels,
 h_(j,a) = relu(u_ja x_j + c_ja), and a linear head z = V h with V of shape (k, d g) (channel
 (j, a) is column j g + a). With M = V^T V the spectral loss is that of a linear head on h:
 
@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory._checks import as_finite_array, check_float, check_int
+from theory.checks import as_finite_array, check_float, check_int
 from theory.downstream import population_ridge_risk
 
 #: Kinds of feature law with a closed form (data.FeatureAugmentation kinds).
@@ -273,7 +273,7 @@ def population_loss(params, laws: FeatureLaws, weight_decay=0.0) -> jax.Array:
 
     Args:
         params: any object with .encoder (d, g), .bias ((d, g) or None), .head (k, d g)
-            (simulations.relu.DiagonalReLUParams).
+            (simulations.models.relu.DiagonalReLUParams).
         laws: FeatureLaws.
         weight_decay: >= 0.
 

@@ -85,7 +85,7 @@ from typing import NamedTuple
 import numpy as np
 
 from theory import downstream as downstream_theory
-from theory._checks import check_float, check_int
+from theory.checks import check_float, check_int
 from theory.linear import _diagonal_moments, _top_positive
 
 __all__ = [

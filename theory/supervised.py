@@ -1,7 +1,7 @@
 """Closed forms for supervised (contrastive) learning with linear networks: class collapse in every layer.
 
 Data: a mixture of components s with means m_s, probabilities w_s, coarse classes c(s) and noise
-covariance Sigma (simulations.supervised_data). Class probabilities pi_c = sum_(c(s) = c) w_s and
+covariance Sigma (simulations.data.mixtures). Class probabilities pi_c = sum_(c(s) = c) w_s and
 class means m_c = E[x | c].
 
 Supervised spectral contrastive loss (positives: two independent samples of one class). For a
@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from theory import linear as linear_theory
-from theory._checks import as_finite_array, check_float, check_int
+from theory.checks import as_finite_array, check_float, check_int
 
 # Eigenvalues of a PSD Gram below this fraction of its largest are exact zeros (their computed
 # values are rounding, +-1e-17, which a fractional power would inflate to ~1e-6).
@@ -182,7 +182,7 @@ def subclass_separation(layer_grams, means, weights, coarse, num_classes) -> np.
 
     Zero in every layer exactly when the offsets satisfy m_c^T B^(-1) (m_s - m_c(s)) = 0 for all
     classes (the learned directions B^(-1) m_c never see them), as in
-    simulations.supervised_data.coarse_to_fine.
+    simulations.data.mixtures.coarse_to_fine.
     """
     return direction_weights(layer_grams, subclass_offsets(means, weights, coarse, num_classes))
 

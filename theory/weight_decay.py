@@ -75,7 +75,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from theory._checks import as_finite_array, check_float, check_int
+from theory.checks import as_finite_array, check_float, check_int
 from theory.linear import _diagonal_moments
 
 __all__ = [

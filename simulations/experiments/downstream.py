@@ -38,7 +38,7 @@ from simulations.experiments import weighting
 from simulations.flow import FlowOptions
 from simulations.probe import affine_predictor_risk, representation_normalization, ridge_probe
 from theory import downstream as downstream_theory
-from theory._checks import as_finite_array, check_float, check_int
+from theory.checks import as_finite_array, check_float, check_int
 
 #: Fresh test samples per probe. Test-set noise in the MSE is about sqrt(2) MSE / sqrt(n_test):
 #: 0.0045 at MSE = 1 (a dead target), so the 0.02 agreement holds with > 4 standard deviations.

@@ -11,7 +11,7 @@ Two networks of the same widths are trained on the same minibatches (fresh sampl
 minibatch gradient descent, one jitted lax.scan, time = learning_rate x step) with the sampled
 spectral contrastive loss (or InfoNCE):
 
-* ReLU: by default the diagonal network of simulations.relu (each input coordinate feeds its own
+* ReLU: by default the diagonal network of simulations.models.relu (each input coordinate feeds its own
   pair of channels relu(+u x_j), relu(-u' x_j), then a linear head of width k = 2 d), from the
   paired init (orientations +,- per feature, magnitude eps); ``network="full"`` uses a full
   two-layer ReLU net of width ``width`` instead.
@@ -41,12 +41,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import data, relu
+from simulations import data
+from simulations.models import relu
 from simulations.flow import FlowDivergenceError
 from simulations.losses import info_nce_loss, spectral_loss
 from simulations.probe import normalized_ridge_probe
 from theory import relu_diagonal
-from theory._checks import as_finite_array, check_choice, check_float, check_int
+from theory.checks import as_finite_array, check_choice, check_float, check_int
 
 NETWORKS = ("diagonal", "full")
 LOSSES = ("spectral", "info_nce")
@@ -230,9 +231,9 @@ def _batch_loss(kind, params, x, x_pos, weight_decay, temperature):
 
 def _probe_all(params, key, stds, strengths, ridge, *, kinds, n_train, n_test):
     """R^2 (nets, layers, attributes, d) of the normalized ridge probe on fresh test inputs."""
-    x_train = data._sample_product(jax.random.fold_in(key, _PROBE_TRAIN_STREAM), stds, strengths,
+    x_train = data.sample_product(jax.random.fold_in(key, _PROBE_TRAIN_STREAM), stds, strengths,
                                    n=n_train, kinds=kinds)[0]
-    x_test = data._sample_product(jax.random.fold_in(key, _PROBE_TEST_STREAM), stds, strengths,
+    x_test = data.sample_product(jax.random.fold_in(key, _PROBE_TEST_STREAM), stds, strengths,
                                   n=n_test, kinds=kinds)[0]
     # Targets (attributes, d): one vmapped probe per representation keeps the compiled program small.
     targets_train = jnp.stack([x_train.T, jnp.abs(x_train).T])
@@ -260,7 +261,7 @@ def _program(params0, key, learning_rate, weight_decay, stds, strengths, ridge, 
         grad = jax.value_and_grad(lambda p, x, xp: _batch_loss(loss, p, x, xp, weight_decay, temperature))
 
         def step(params, index):
-            x, x_pos = data._sample_product(jax.random.fold_in(train_key, index), stds, strengths,
+            x, x_pos = data.sample_product(jax.random.fold_in(train_key, index), stds, strengths,
                                             n=batch_size, kinds=kinds)
             value, g = grad(params, x, x_pos)
             return jax.tree_util.tree_map(lambda p, gp: p - learning_rate * gp, params, g), value

@@ -6,7 +6,7 @@ flow time grows like k^(2(m-1)) (row j of the encoder learns at rate k^(-2j)), w
 RKC solver covers in ~1,000 steps for k <= 3, m <= 5.
 
 The encoder h = W_L ... W_1 x (default one layer, width d) is trained by gradient flow on the exact
-population spectral loss of the head's output z = D_k h (simulations.heads), from small,
+population spectral loss of the head's output z = D_k h (simulations.models.heads), from small,
 randomly oriented init (default eps = 1e-4) to a certified steady state. Measured per-feature
 weights come from the trained encoder: pre ||P_L e_i|| (what downstream uses), post
 ||D_k P_L e_i|| (what the loss sees). Predicted: theory.reweighting.fixed_head_weights (post
@@ -16,7 +16,7 @@ the small-init limit; see theory.reweighting for where it holds at finite init).
 Comparisons with learned heads (linear, and a two-layer ReLU head V relu(U h)) on the other
 settings: :func:`compare_nonlinear` (sign-flip, ReLU encoder; issue 4's experiment) and
 :func:`compare_supervised` (coarse-to-fine or spurious shift; issue 5's). On linear data the
-learned ReLU head is in simulations.relu_head (exact loss), used by figure reweighting_downstream.
+learned ReLU head is in simulations.models.relu_head (exact loss), used by figure reweighting_downstream.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import heads, models
+from simulations import models
+from simulations.models import heads
 from simulations.experiments.weighting import _floats
 from simulations.flow import FlowOptions, gradient_flow
-from simulations.relu_head import apply_with_relu_head, init_head
+from simulations.models.relu_head import apply_with_relu_head, init_head
 from theory import reweighting as reweighting_theory
-from theory._checks import check_choice, check_float, check_int
+from theory.checks import check_choice, check_float, check_int
 from theory.moments import validate_moments
 
 #: Initializations: "balanced" (exactly balanced, singular values eps, Haar-random orientation)
@@ -343,15 +344,15 @@ def compare_nonlinear(kappas: Sequence[float] = (1.0, 1.05, 1.5, 2.0, 3.0), *, c
                 return value + 0.5 * config.weight_decay * squares
 
             def step(params, index):
-                x, x_pos = data._sample_product(jax.random.fold_in(train_key, index), stds, strengths, n=batch,
+                x, x_pos = data.sample_product(jax.random.fold_in(train_key, index), stds, strengths, n=batch,
                                                 kinds=kinds)
                 grad = jax.grad(loss)(params, x, x_pos)
                 return jax.tree_util.tree_map(lambda p, g: p - config.learning_rate * g, params, grad), None
 
             params, _ = jax.lax.scan(step, params0, jnp.arange(steps))
-            x_train = data._sample_product(jax.random.fold_in(key, 2), stds, strengths, n=config.n_train,
+            x_train = data.sample_product(jax.random.fold_in(key, 2), stds, strengths, n=config.n_train,
                                            kinds=kinds)[0]
-            x_test = data._sample_product(jax.random.fold_in(key, 3), stds, strengths, n=config.n_test,
+            x_test = data.sample_product(jax.random.fold_in(key, 3), stds, strengths, n=config.n_test,
                                           kinds=kinds)[0]
             layers = []
             for reps_train, reps_test in zip(represent(params, x_train), represent(params, x_test)):
@@ -398,8 +399,8 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
         ({layer: {readout: float}}; the linear head), ``relu_head`` ({layer: {readout: float}})
         and ``config``.
     """
-    from simulations import supervised_data as sdata
-    from simulations import supervised_losses as slosses
+    from simulations.data import mixtures as sdata
+    from simulations import losses as slosses
     from simulations.experiments import supervised as sup
 
     config = config or sup.SupervisedConfig(task="coarse_to_fine", loss="spectral")

@@ -9,7 +9,7 @@ Two tasks, each training a two-layer ReLU network h = relu(W x), z = V h (head) 
 gradient descent on fresh samples (one jitted lax.scan; time = learning_rate x step):
 
 * ``coarse_to_fine``: coarse classes that are unions of two subclasses at +-mu e_c
-  (simulations.supervised_data.coarse_to_fine). The network is trained on the coarse label with
+  (simulations.data.mixtures.coarse_to_fine). The network is trained on the coarse label with
   the supervised spectral contrastive loss (or SupCon/InfoNCE) on z, or with cross-entropy
   (or squared loss) through a linear classifier on z. The fine label (subclass, coded +1/-1
   within its coarse class) is then probed at the input, below the head (h, "pre") and above it
@@ -17,7 +17,7 @@ gradient descent on fresh samples (one jitted lax.scan; time = learning_rate x s
   (simulations.probe), R^2 on fresh test data.
 * ``shift``: a binary label with a non-linear core feature and a linear spurious feature that
   agrees with the label with probability ``agreement`` in training
-  (simulations.supervised_data.spurious). The last layer is retrained on group-balanced data
+  (simulations.data.mixtures.spurious). The last layer is retrained on group-balanced data
   (a normalized ridge probe per class on one-hot targets, prediction = argmax) at every layer,
   and worst-group and average accuracy are measured on fresh group-balanced test data.
 
@@ -40,13 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import models, relu, serial_linalg
-from simulations import supervised_data as sdata
-from simulations import supervised_losses as slosses
+from simulations import models, serial_linalg
+from simulations.models import relu
+from simulations.data import mixtures as sdata
+from simulations import losses as slosses
 from simulations.flow import FlowDivergenceError
 from simulations.probe import normalize_representation, ridge_probe
 from theory import supervised as supervised_theory
-from theory._checks import check_choice, check_float, check_int
+from theory.checks import check_choice, check_float, check_int
 
 TASKS = ("coarse_to_fine", "shift")
 LOSSES = ("spectral", "infonce", "cross_entropy", "squared")
@@ -226,7 +227,7 @@ def _init(key, config, init_scale, classifier_init_scale):
 
 
 def apply_network(net: relu.ReLUParams, x: jax.Array, network="relu") -> tuple[jax.Array, jax.Array]:
-    """(h, z) of a ReLU ("relu", as simulations.relu.apply_relu) or linear ("linear": h = W x) network.
+    """(h, z) of a ReLU ("relu", as simulations.models.relu.apply_relu) or linear ("linear": h = W x) network.
 
     ``network`` may also be a traced flag (1.0 = linear, 0.0 = ReLU), which is how batches mix them.
     """

@@ -25,7 +25,7 @@ from simulations.flow import FlowOptions, gradient_flow
 from simulations.losses import spectral_population_loss, weight_decay_penalty
 from theory import linear as linear_theory
 from theory import weight_decay as wd_theory
-from theory._checks import check_choice, check_float, check_int
+from theory.checks import check_choice, check_float, check_int
 from theory.moments import validate_moments
 
 PRECISIONS = ("float64", "float32")

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory._checks import check_float, check_int
+from theory.checks import check_float, check_int
 
 
 class Mixture(NamedTuple):

@@ -12,7 +12,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from theory._checks import check_choice, check_float, check_int
+from theory.checks import check_choice, check_float, check_int
 
 LinearParams = tuple  # tuple[jax.Array, ...], one (m_l, m_{l-1}) matrix per layer
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from theory._checks import check_float, check_int
+from theory.checks import check_float, check_int
 
 
 class SampledTraining(NamedTuple):

@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from theory._checks import check_float, check_int
+from theory.checks import check_float, check_int
 
 #: Default per-layer scale of the small Gaussian initialization (fan-in scaled, as for linear nets).
 DEFAULT_RELU_INIT_SCALE = 0.1

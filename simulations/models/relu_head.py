@@ -32,7 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from theory._checks import check_float, check_int
+from theory.checks import check_float, check_int
 
 
 class ReLUHeadParams(NamedTuple):
@@ -82,8 +82,8 @@ def init_head(key: jax.Array, width: int, hidden_width: int, output_dim: int, *,
 
 def apply_with_relu_head(params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(h, z) for params = (encoder, U, V): h = any library encoder's output
-    (simulations.heads.encode), z = V relu(U h)."""
-    from simulations.heads import encode
+    (simulations.models.heads.encode), z = V relu(U h)."""
+    from simulations.models.heads import encode
 
     h = encode(params[0], x)
     return h, apply_head(h, params[1], params[2])
@@ -180,7 +180,7 @@ def train_relu_head(pos_cov, second_moment, seeds, *, width: int | None = None, 
         different seeds can converge to different end points: compare them, do not average
         blindly.
     """
-    from simulations.data import gaussian_pairs
+    from simulations.data.pairs import gaussian_pairs
     from simulations.flow import gradient_flow
 
     pairs = gaussian_pairs(pos_cov, second_moment)  # validates A, B (joint covariance PSD)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory._checks import as_finite_array, check_choice, check_float, check_int
+from theory.checks import as_finite_array, check_choice, check_float, check_int
 from theory.moments import validate_moments
 
 #: kind -> (name of its strength parameter, minimum, maximum).
@@ -310,7 +310,7 @@ class AugmentedPairs:
             return _sample_gaussian(key, root_sum, root_difference, n=n)
         stds = jnp.asarray([f.std for f in self.features], dtype)
         strengths = jnp.asarray([f.strength for f in self.features], dtype)
-        return _sample_product(key, stds, strengths, n=n,
+        return sample_product(key, stds, strengths, n=n,
                                kinds=tuple(f.kind for f in self.features))
 
 
@@ -325,7 +325,7 @@ def _sample_gaussian(key, root_sum, root_difference, *, n):
 
 
 @functools.partial(jax.jit, static_argnames=("n", "kinds"))
-def _sample_product(key, stds, strengths, *, n, kinds):
+def sample_product(key, stds, strengths, *, n, kinds):
     """Independent features; feature i of kind kinds[i] uses jax.random.split(key, d)[i]."""
     keys = jax.random.split(key, len(kinds))
     order, xs, x_poss = [], [], []

@@ -6,7 +6,7 @@ parameters, so it works with every encoder of the library and every loss that ta
 representations:
 
 * deep linear encoders (:mod:`simulations.models`, params a tuple of matrices): h = P_L x;
-* ReLU encoders (:mod:`simulations.relu`, full or diagonal): h = relu(W x + c). The learned head
+* ReLU encoders (:mod:`simulations.models.relu`, full or diagonal): h = relu(W x + c). The learned head
   ``params.head`` of those networks is ignored; set it to None (:func:`relu_encoder`) so that it
   is neither trained nor decayed.
 
@@ -21,9 +21,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from simulations import relu
+from simulations.models import relu
 from simulations.losses import spectral_population_loss_of_map
-from simulations.models import end_to_end
+from simulations.models.linear import end_to_end
 
 
 def head_scales(kappa, width: int) -> jax.Array:
@@ -41,7 +41,7 @@ def head_scales(kappa, width: int) -> jax.Array:
 
 def check_kappa(kappa) -> float:
     """Validate k (a finite number >= 1) and return it as a float."""
-    from theory._checks import check_float
+    from theory.checks import check_float
 
     return check_float("kappa", kappa, minimum=1.0)
 

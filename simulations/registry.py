@@ -1,0 +1,19 @@
+"""The registry: every experiment the command line and the sweep engine know, by name.
+
+Each experiment module defines one :class:`simulations.experiment.Experiment` named ``EXPERIMENT``;
+this is the one place that lists them.
+"""
+
+from __future__ import annotations
+
+from simulations.experiment import Experiment, validate
+from simulations.experiments import downstream, nonlinear, reweighting, supervised, weighting
+
+#: name -> experiment (an Experiment, or a module still on the legacy add_arguments/main interface).
+EXPERIMENTS: dict[str, object] = {
+    "weighting": weighting, "downstream": downstream, "nonlinear": nonlinear, "supervised": supervised,
+    "reweighting": reweighting,
+}
+for _name, _entry in EXPERIMENTS.items():
+    if isinstance(_entry, Experiment):
+        validate(_entry)
