@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         options = FlowOptions(solver=solver, euler_step=step, certify=False,
                               max_steps={"kvaerno5": args_cli.kvaerno_steps,
                                          "tsit5": args_cli.tsit5_steps}.get(solver, 10_000_000))
-        run = lambda: gradient_flow(population_loss, params0, args, options=options)
+        run = lambda options=options: gradient_flow(population_loss, params0, args, options=options)
         _, first = _timed(run)
         result, wall = _timed(run)
         error = float(np.max(np.abs(np.asarray(measure.feature_weights(result.params))[-1] - target) / target))

@@ -1,6 +1,6 @@
-"""The benchmark problems: the pinned one of the issue contract and a small one for ``--quick``.
+"""The benchmark problems: the pinned one and a small one for ``--quick``.
 
-Pinned (issue 7): d = 16, depth 3, width 16, invariance ratios r = linspace(0.9, 0.2, 16), strengths
+Pinned: d = 16, depth 3, width 16, invariance ratios r = linspace(0.9, 0.2, 16), strengths
 b = linspace(0.5, 2.0, 16), a = r b, balanced initialization with per-layer singular value 0.05.
 Every benchmark (library, NumPy baseline, sweep) starts from the same initial weights: the library's
 own ``WeightingConfig(..., seed=s)`` initialization.

@@ -13,8 +13,9 @@ import dataclasses
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import matplotlib
 
@@ -26,8 +27,10 @@ from tqdm import tqdm  # noqa: E402
 from simulations.cli import OneLineArgumentParser, fail  # noqa: E402
 from simulations.results import load_results, save_results  # noqa: E402
 
-#: Where figures go unless --out says otherwise.
+#: Where figures go unless --out says otherwise (the committed figures).
 DEFAULT_OUT = Path(__file__).resolve().parent / "output"
+#: Where --quick figures go unless --out says otherwise: smoke runs never replace the committed figures.
+QUICK_OUT = Path("results") / "figures-quick"
 #: Resolution of the saved PNGs.
 DPI = 110
 #: Figures train and compare in float64 (agreement at 1e-9 needs it).
@@ -40,8 +43,9 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smoke-test variant: fewer runs and points (seconds instead of a minute)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT),
-                        help="directory for the .png, .npz and .json (default: figures/output)")
+    parser.add_argument("--out", default=None,
+                        help="directory for the .png, .npz and .json (default: figures/output, or "
+                             "results/figures-quick with --quick)")
     parser.add_argument("--redraw", action="store_true",
                         help="redraw from the saved .npz/.json in --out without training")
     return parser
@@ -51,7 +55,7 @@ def run_figure(name: str, module_doc: str, config_class, compute: Callable, plot
                argv: Iterable[str] | None = None) -> int:
     """Parse flags, compute and save (unless --redraw), then draw ``name.png`` into --out."""
     args = build_parser(name, module_doc).parse_args(argv)
-    out = Path(args.out)
+    out = output_directory(args)
     start = time.perf_counter()
     if args.redraw:
         try:
@@ -75,6 +79,22 @@ def run_figure(name: str, module_doc: str, config_class, compute: Callable, plot
     plt.close(figure)
     print(f"{name}: wrote {png} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 0
+
+
+def draw(name: str, forwarded: list[str]) -> tuple[str, int, float]:
+    """Run figure ``name``'s main with ``forwarded`` flags (importable, so worker processes can): (name, status, s)."""
+    import importlib
+
+    start = time.perf_counter()
+    status = importlib.import_module(f"figures.{name}").main(forwarded)
+    return name, status, time.perf_counter() - start
+
+
+def output_directory(args) -> Path:
+    """``--out``, or the default for the run's kind (full or --quick)."""
+    if args.out is not None:
+        return Path(args.out)
+    return QUICK_OUT if args.quick else DEFAULT_OUT
 
 
 def config_record(config) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class Config:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(sim_points=3, n_train=5_000, n_test=20_000, theory_points=120)
 
 
@@ -80,7 +80,7 @@ def compute(config: Config):
     arrays, boundaries, errors = {}, {}, {}
     runs = [(knob, i) for knob in KNOBS for i in range(config.sim_points)]
     sims = {knob: np.zeros((config.sim_points, 3)) for knob in KNOBS}
-    for (knob, (label, log)), (low, high) in zip(KNOBS.items(), config.ranges):
+    for (knob, (_label, log)), (low, high) in zip(KNOBS.items(), config.ranges):
         x = _grid(low, high, config.theory_points, log)
         a, b, b_ds = _knob_moments(config, knob, x)
         arrays[f"{knob}_x"] = x
@@ -107,8 +107,8 @@ def compute(config: Config):
                                                  downstream_second_moment=tuple(b_ds), ridge=config.ridge,
                                                  n_train=config.n_train, n_test=config.n_test,
                                                  init_scale=config.init_scale, seed=config.seed + i))
-        sims[knob][i] = result["measured"]
-        errors.setdefault(knob, []).append(float(np.max(np.abs(result["measured"] - result["predicted"]))))
+        sims[knob][i] = result.measured
+        errors.setdefault(knob, []).append(float(np.max(np.abs(result.measured - result.predicted))))
     for knob in KNOBS:
         arrays[f"{knob}_sim"] = sims[knob]
     max_error = {knob: max(values) for knob, values in errors.items()}

@@ -68,7 +68,7 @@ class Config:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(resolution=80, spots_strength=cls.spots_strength[:3],
                    spots_downstream_ratio=cls.spots_downstream_ratio[:2],
                    spots_weight_decay=cls.spots_weight_decay[:3], n_train=5_000, n_test=20_000)
@@ -125,8 +125,8 @@ def compute(config: Config):
                                                  downstream_second_moment=tuple(b_ds), ridge=config.ridge,
                                                  weight_decay=float(wd), init_scale=init, n_train=config.n_train,
                                                  n_test=config.n_test, seed=config.seed))
-        measured[panel].append(result["pre"]["measured"] - result["post"]["measured"])
-        predicted[panel].append(result["pre"]["predicted"] - result["post"]["predicted"])
+        measured[panel].append(result.pre.measured - result.post.measured)
+        predicted[panel].append(result.pre.predicted - result.post.predicted)
     for panel in PANELS:
         arrays[f"{panel}_spots"] = np.asarray(getattr(config, f"spots_{panel}"))
         arrays[f"{panel}_spot_measured"] = np.asarray(measured[panel])

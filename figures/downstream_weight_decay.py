@@ -67,7 +67,7 @@ class Config:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(sim_wd_large=(0.0, 0.1, 0.3, 0.5, 0.7), sim_wd_small=(0.01, 0.1), n_train=5_000, n_test=20_000)
 
 
@@ -121,16 +121,16 @@ def compute(config: Config):
                                                      init_scale=init, n_train=config.n_train,
                                                      n_test=config.n_test, seed=config.seed))
             sims.setdefault(f"sim_advantage_{name}_{target}", []).append(
-                result["measured"][2] - result["measured"][1])
-            error = float(np.max(np.abs(result["measured"] - result["predicted"])))
-            if result["diagnostics"]["max_weight_error"] > WEIGHT_MISMATCH:
+                result.measured[2] - result.measured[1])
+            error = float(np.max(np.abs(result.measured - result.predicted)))
+            if result.diagnostics.max_weight_error > WEIGHT_MISMATCH:
                 disagreements.append({"init_scale": init, "weight_decay": weight_decay, "target": target,
                                       "probe_error": error,
-                                      "measured_weights": result["measured_weights"][-1].tolist(),
-                                      "predicted_weights": result["predicted_weights"][-1].tolist()})
+                                      "measured_weights": result.measured_weights[-1].tolist(),
+                                      "predicted_weights": result.predicted_weights[-1].tolist()})
             else:
                 errors.append(error)
-        sims.setdefault(f"sim_weights_{name}", []).append(result["measured_weights"][-1])
+        sims.setdefault(f"sim_weights_{name}", []).append(result.measured_weights[-1])
     arrays.update({key: np.asarray(value) for key, value in sims.items()})
     arrays["sim_wd_large"], arrays["sim_wd_small"] = np.asarray(config.sim_wd_large), np.asarray(config.sim_wd_small)
     record = {"config": config_record(config), "seed": config.seed, "summary": summary,
@@ -181,7 +181,7 @@ def plot(arrays, record):
     weights_ax = axes[-1]
     colors = feature_colors(arrays["pos_cov"].size)
     for k, color in enumerate(colors):
-        for name, (_, style, label) in styles.items():
+        for name, (_, style, _label) in styles.items():
             weights_ax.plot(wd, arrays[f"weights_{name}"][:, k], color=color, ls=style, lw=1.2,
                             label=f"feature {k}" if name == "large" else None)
         weights_ax.plot(arrays["sim_wd_large"], arrays["sim_weights_large"][:, k], "o", color=color, mfc="none", ms=7)

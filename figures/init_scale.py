@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from figures._common import caption, config_record, progress, run_figure
-from simulations.experiments.weighting import WeightingConfig, run_weighting
+from simulations.experiments.weighting import WeightingConfig, run_weighting, to_record
 from simulations.flow import FlowOptions
 
 NAME = "init_scale"
@@ -55,7 +55,7 @@ class Config:
     default_tolerance_overlay: bool = True
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         # FlowOptions' defaults: the solve then reuses figures.weighting_layers' compilation.
         defaults = FlowOptions()
         return cls(init_scales=(0.05, 0.1, 0.3), seeds=(0, 1), rtol=defaults.rtol, atol=defaults.atol,
@@ -87,11 +87,10 @@ def compute(config: Config):
                                                depth=config.depth, init=init, init_scale=eps, seed=seed),
                                options=options)
         index = (config.init_scales.index(eps), config.seeds.index(seed))
-        arrays[f"error_{init}_{label}"][index] = _relative_errors(result["measured"][None],
-                                                                  result["predicted"][None])[0]
-        arrays[f"converged_{init}_{label}"][index] = result["diagnostics"]["converged"]
+        arrays[f"error_{init}_{label}"][index] = _relative_errors(result.measured[None], result.predicted[None])[0]
+        arrays[f"converged_{init}_{label}"][index] = result.diagnostics.converged
         diagnostics.append({"tolerance": label, "init": init, "init_scale": eps, "seed": seed,
-                            **result["diagnostics"]})
+                            **to_record(result.diagnostics)})
     gaussian = np.median(arrays["error_gaussian_main"], axis=1)
     eps = np.asarray(config.init_scales)
     fit = eps <= 0.2  # the eps^2 law is the leading term; eps ~ 1 is past it

@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-import numpy as np
-
 from figures._common import caption, config_record, run_figure
 from simulations.experiments import nonlinear
 
@@ -43,20 +41,20 @@ class Config:
     n_test: int = 10_000
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(seeds=2, steps=2500, n_test=4_000)
 
 
 def compute(config: Config):
     configs = [nonlinear.NonlinearConfig(seed=s, steps=config.steps, n_train=config.n_test, n_test=config.n_test)
                for s in range(config.seeds)]
-    results = nonlinear.run_nonlinear_batch(configs)
-    r2 = np.stack([r["r2"] for r in results])  # (seeds, nets, layers, attributes, d)
-    predicted = results[0]["predicted_r2"]  # (layers, attributes, d)
-    summaries = [r["summary"] for r in results]
+    results = nonlinear.EXPERIMENT.run_batch(configs)
+    r2 = results.r2  # (seeds, nets, layers, attributes, d)
+    predicted = results.predicted_r2[0]  # (layers, attributes, d)
+    summaries = [nonlinear.summarize(r) for r in r2]
     print(f"{NAME}: relu pre x0 R^2 {r2[:, 0, 0, 0, 0].min():.3f}..{r2[:, 0, 0, 0, 0].max():.3f}, "
           f"post {r2[:, 0, 1, 0, 0].min():.4f}..{r2[:, 0, 1, 0, 0].max():.4f}", file=sys.stderr)
-    record = {"config": config_record(config), "experiment": results[0]["config"], "seed": 0,
+    record = {"config": config_record(config), "experiment": dataclasses.asdict(configs[0]), "seed": 0,
               "summaries": summaries}
     return {"r2": r2, "predicted": predicted}, record
 
@@ -70,7 +68,7 @@ def plot(arrays, record):
               ("ReLU", 0, 0, "tab:blue", ""), ("ReLU", 0, 1, "tab:red", ""))
     width = 0.19
     for s, (net, n, layer, color, hatch) in enumerate(series):
-        for g, (label, attribute, feature) in enumerate(GROUPS):
+        for g, (_label, attribute, feature) in enumerate(GROUPS):
             values = r2[:, n, layer, attribute, feature]
             x = g + (s - 1.5) * width
             ax.bar(x, values.mean(), width, color=color, hatch=hatch, edgecolor="k", lw=0.5,

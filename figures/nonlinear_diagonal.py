@@ -17,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-import jax
 import numpy as np
 
 from figures._common import caption, config_record, feature_colors, run_figure
+from simulations.experiment import run
 from simulations.experiments import nonlinear
 from theory import relu_diagonal as rd
 
@@ -42,39 +42,39 @@ class Config:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(steps=2000)
 
 
 def compute(config: Config):
     experiment = nonlinear.NonlinearConfig(weight_decay=0.0, steps=config.steps, init_scale=config.init_scale,
                                            seed=config.seed, record_every=10)
-    result = nonlinear.run_nonlinear(experiment)
-    relu0, _ = nonlinear.initialize(experiment)
+    result = run(nonlinear.EXPERIMENT, experiment)
+    relu0 = nonlinear.initialize(experiment).relu
     laws = experiment.laws()
     d, g = relu0.encoder.shape
     head0 = np.asarray(relu0.head)
     imbalance = np.asarray(relu0.encoder) ** 2 - (np.linalg.norm(head0, axis=0) ** 2).reshape(d, g)
     signs = np.sign(np.asarray(relu0.encoder))
     point = rd.fixed_point(laws, signs, experiment.head_width, imbalance=imbalance)
-    times = result["times"]
+    times = result.times
     flow_params, flow_trajectory, _ = nonlinear.population_descent(
         relu0, laws, learning_rate=experiment.learning_rate, steps=experiment.steps,
         record_every=experiment.record_every)
-    final = result["params"][0]
+    final = result.params.relu
     magnitude = np.abs(point.encoder).reshape(-1)
     predicted_head_gram = point.head_gram
     predicted_r2 = rd.predicted_decodability(laws, signs, experiment.head_width, ridge=experiment.ridge,
                                              imbalance=imbalance)
     arrays = {
         "times": times,
-        "sim_encoder": np.abs(result["trajectory"]).reshape(len(times), -1),
+        "sim_encoder": np.abs(result.trajectory).reshape(len(times), -1),
         "flow_encoder": np.abs(np.asarray(flow_trajectory.encoder)).reshape(len(times), -1),
         "predicted_encoder": magnitude,
         "sim_head_gram": np.asarray(final.head).T @ np.asarray(final.head),
         "flow_head_gram": np.asarray(flow_params.head).T @ np.asarray(flow_params.head),
         "predicted_head_gram": predicted_head_gram,
-        "sim_r2": result["r2"][0],
+        "sim_r2": result.r2[0],
         "predicted_r2": np.asarray([[predicted_r2[l][a] for a in nonlinear.ATTRIBUTES] for l in nonlinear.LAYERS]),
         "eigenvalues": point.eigenvalues,
     }
@@ -84,7 +84,7 @@ def compute(config: Config):
               "head_gram_flow": float(np.max(np.abs(arrays["flow_head_gram"] - predicted_head_gram))),
               "r2_sim": float(np.max(np.abs(arrays["sim_r2"] - arrays["predicted_r2"])))}
     print(f"{NAME}: max |simulation - prediction| {errors}", file=sys.stderr)
-    record = {"config": config_record(config), "experiment": result["config"], "seed": config.seed,
+    record = {"config": config_record(config), "experiment": dataclasses.asdict(experiment), "seed": config.seed,
               "max_abs_error": errors, "predicted_loss": point.loss}
     return arrays, record
 
@@ -141,11 +141,12 @@ def plot(arrays, record):
     caption(fig, "x0's sign flips with probability 1/2 per view, x1, x2 are invariant; two channels per feature "
                  "(orientations +, -), head width 6. Both channels of x0 grow (its magnitude |x0| is invariant), so "
                  "h holds x0 = relu(x0) - relu(-x0); the head adds them, so z holds only |x0|. Max |sim - "
-                 f"prediction|: encoder {err['encoder_sim']:.3g} (SGD), {err['encoder_flow']:.2g} (exact-loss descent); "
-                 f"head Gram {err['head_gram_sim']:.3g} (SGD), {err['head_gram_flow']:.2g} (exact-loss descent); R^2 "
-                 f"{err['r2_sim']:.3g}. Minibatch noise makes SGD drift along the rescaling symmetry u_c -> u_c / c, V_:,c -> c V_:,c (the "
-                 "function, hence R^2, is unchanged; the encoder slowly shrinks and the head grows), while the exact-loss "
-                 "descent conserves the init imbalance used by the prediction up to O(step^2).", width=170)
+                 f"prediction|: encoder {err['encoder_sim']:.3g} (SGD), {err['encoder_flow']:.2g} (exact-loss "
+                 f"descent); head Gram {err['head_gram_sim']:.3g} (SGD), {err['head_gram_flow']:.2g} (exact-loss "
+                 f"descent); R^2 {err['r2_sim']:.3g}. Minibatch noise makes SGD drift along the rescaling symmetry "
+                 "u_c -> u_c / c, V_:,c -> c V_:,c (the function, hence R^2, is unchanged; the encoder slowly shrinks "
+                 "and the head grows), while the exact-loss descent conserves the init imbalance used by the "
+                 "prediction up to O(step^2).", width=170)
     return fig
 
 

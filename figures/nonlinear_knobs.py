@@ -46,7 +46,7 @@ class Config:
     steps: int = 5000
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(flip_probabilities=(0.0, 0.25, 0.5), groups=(1, 2), seeds=2, theory_points=41, steps=2500)
 
 
@@ -61,10 +61,9 @@ def compute(config: Config):
                for wd in (0.0, base.weight_decay) for q in qs]
     # The default-width seeds of the right panel join this batch (same shapes: one compilation).
     width_configs = [dataclasses.replace(base, seed=s) for s in range(config.seeds)]
-    results = nonlinear.run_nonlinear_batch(configs + width_configs)
-    default_width = np.stack([r["r2"] for r in results[len(configs):]])
-    results = results[:len(configs)]
-    r2_q = np.stack([r["r2"] for r in results]).reshape(2, qs.size, *results[0]["r2"].shape)
+    r2 = nonlinear.EXPERIMENT.run_batch(configs + width_configs).r2
+    default_width = r2[len(configs):]
+    r2_q = r2[:len(configs)].reshape(2, qs.size, *r2.shape[1:])
 
     q_line = np.linspace(0.0, 0.5, config.theory_points)
     relu_line = np.zeros((q_line.size, 2))
@@ -73,10 +72,10 @@ def compute(config: Config):
         laws = dataclasses.replace(base, flip_probability=float(q)).laws()
         predicted = rd.predicted_decodability(laws, signs, base.head_width, ridge=base.ridge)
         relu_line[i] = predicted["pre"]["value"][0], predicted["post"]["value"][0]
-    a = np.stack([(1 - 2 * q_line) ** 2 * base.flipped_std**2] + [np.full_like(q_line, s**2) for s in base.invariant_stds],
-                 axis=1)
-    b = np.stack([np.full_like(q_line, base.flipped_std**2)] + [np.full_like(q_line, s**2) for s in base.invariant_stds],
-                 axis=1)
+    a = np.stack([(1 - 2 * q_line) ** 2 * base.flipped_std**2]
+                 + [np.full_like(q_line, s**2) for s in base.invariant_stds], axis=1)
+    b = np.stack([np.full_like(q_line, base.flipped_std**2)]
+                 + [np.full_like(q_line, s**2) for s in base.invariant_stds], axis=1)
     linear_line = 1.0 - linear_downstream.layer_risks(a, b, 0, base.ridge)[1:].T  # (points, [pre, post])
 
     group_r2, group_theory = [], []
@@ -84,9 +83,9 @@ def compute(config: Config):
         if g == base.group:
             group_r2.append(default_width)
         else:
-            runs = nonlinear.run_nonlinear_batch([dataclasses.replace(base, group=g, seed=s)
-                                                  for s in range(config.seeds)])
-            group_r2.append(np.stack([r["r2"] for r in runs]))
+            runs = nonlinear.EXPERIMENT.run_batch([dataclasses.replace(base, group=g, seed=s)
+                                                   for s in range(config.seeds)])
+            group_r2.append(runs.r2)
         if g <= 2:
             signs_g = np.where(np.arange(g) % 2 == 0, 1.0, -1.0)[None, :].repeat(base.dim, 0)
             predicted = rd.predicted_decodability(base.laws(), signs_g, base.dim * g, ridge=base.ridge)
@@ -110,8 +109,10 @@ def plot(arrays, record):
     q, r2_q = arrays["q"], arrays["r2_q"]
     styles = {("relu", "pre"): "tab:blue", ("relu", "post"): "tab:red",
               ("linear", "pre"): "tab:gray", ("linear", "post"): "0.2"}
-    ax.plot(arrays["q_line"], arrays["relu_line"][:, 0], "-", color=styles["relu", "pre"], label="ReLU pre, closed form")
-    ax.plot(arrays["q_line"], arrays["relu_line"][:, 1], "-", color=styles["relu", "post"], label="ReLU post, closed form")
+    ax.plot(arrays["q_line"], arrays["relu_line"][:, 0], "-", color=styles["relu", "pre"],
+            label="ReLU pre, closed form")
+    ax.plot(arrays["q_line"], arrays["relu_line"][:, 1], "-", color=styles["relu", "post"],
+            label="ReLU post, closed form")
     ax.plot(arrays["q_line"], arrays["linear_line"][:, 0], "--", color=styles["linear", "pre"],
             label="linear pre, closed form")
     ax.plot(arrays["q_line"], arrays["linear_line"][:, 1], ":", color=styles["linear", "post"],
@@ -142,12 +143,13 @@ def plot(arrays, record):
     ax.set_title("width of the diagonal network (weight decay 0.05)", fontsize=10)
     ax.legend(fontsize=7)
     fig.subplots_adjust(bottom=0.25, top=0.92, left=0.06, right=0.99, wspace=0.2)
-    caption(fig, "Left: as q grows from 0 to 1/2 the linear attribute x0 loses its invariance (1 - 2q)^2; the linear "
-                 "net (both layers) and the ReLU head lose x0 with it, while the ReLU encoder keeps it at every q (it "
-                 "needs relu(+x0) and relu(-x0) to build the invariant |x0|). Open markers (no weight decay) at q = 1/2: "
-                 "the linear net's pre layer still decodes x0 from its untrained init-scale weights (the remnant the "
-                 "R^2 probe is meant to expose); weight decay 0.05 (filled) removes it. Right: with one orientation per "
-                 "feature (g = 1) h cannot express x0 linearly; two orientations suffice. Closed forms: no weight decay.",
+    caption(fig, "Left: as q grows from 0 to 1/2 the linear attribute x0 loses its invariance (1 - 2q)^2; the "
+                 "linear net (both layers) and the ReLU head lose x0 with it, while the ReLU encoder keeps it at every "
+                 "q (it needs relu(+x0) and relu(-x0) to build the invariant |x0|). Open markers (no weight decay) at "
+                 "q = 1/2: the linear net's pre layer still decodes x0 from its untrained init-scale weights (the "
+                 "remnant the R^2 probe is meant to expose); weight decay 0.05 (filled) removes it. Right: with one "
+                 "orientation per feature (g = 1) h cannot express x0 linearly; two orientations suffice. Closed "
+                 "forms: no weight decay.",
             width=170)
     return fig
 

@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from figures._common import caption, config_record, run_figure
-from simulations.models import heads, relu_head
-from simulations.experiments.downstream import probe_layers, probe_representations
-from simulations.experiments.reweighting import ReweightingConfig, run_reweighting_batch
-from simulations.experiments.weighting import WeightingConfig, run_weighting
+from simulations.experiments.downstream import train_network
+from simulations.experiments.reweighting import ReweightingConfig, fit
+from simulations.experiments.weighting import WeightingConfig
 from simulations.flow import FlowOptions
+from simulations.models import heads, relu_head
+from simulations.probe import probe_layers, probe_representations
 from theory import reweighting as reweighting_theory
 
 NAME = "reweighting_downstream"
@@ -76,7 +77,7 @@ class Config:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(kappas=(1.0, 1.5, 2.0, 3.0), init_scales=(1e-4,), n_train=2_000, n_test=10_000,
                    relu_head_seeds=(0, 2))
 
@@ -87,9 +88,10 @@ def compute(config: Config):
     configs = [ReweightingConfig(pos_cov=config.pos_cov, second_moment=config.second_moment, kappa=k,
                                  init_scale=eps, seed=config.seed)
                for eps in config.init_scales for k in config.kappas]
-    fixed = run_reweighting_batch(configs)
-    learned = run_weighting(WeightingConfig(pos_cov=config.pos_cov, second_moment=config.second_moment, depth=2,
-                                            init_scale=config.learned_init_scale, seed=config.seed))
+    fixed, fixed_params = fit(configs)
+    learned_params, learned = train_network(WeightingConfig(
+        pos_cov=config.pos_cov, second_moment=config.second_moment, depth=2, init_scale=config.learned_init_scale,
+        seed=config.seed))
     relu = relu_head.train_relu_head(config.pos_cov, config.second_moment, config.relu_head_seeds,
                                      hidden_width=config.relu_head_hidden, init_scale=config.relu_head_init_scale,
                                      options=FlowOptions(max_time=config.relu_head_time, certify=False))
@@ -100,14 +102,14 @@ def compute(config: Config):
     learned_pre, learned_post = np.zeros(len(config.targets)), np.zeros(len(config.targets))
     with jax.enable_x64(True):
         for t, target in enumerate(config.targets):
-            for index, (cfg, result) in enumerate(zip(configs, fixed)):
-                encoder = jnp.asarray(result["params"][0])
+            for index, cfg in enumerate(configs):
+                encoder = jnp.asarray(fixed_params[0][index])
                 params = (encoder, heads.fixed_head_matrix(cfg.kappa, encoder.shape[0]))  # layers: pre, post
                 probes = probe_layers(params, key, b_ds, config.ridge, target, n_train=config.n_train,
                                       n_test=config.n_test)
                 e, k = divmod(index, len(config.kappas))
                 fixed_pre[e, k, t], fixed_post[e, k, t] = float(probes.mse[1]), float(probes.mse[2])
-            probes = probe_layers(tuple(jnp.asarray(w) for w in learned["params"]), key, b_ds, config.ridge, target,
+            probes = probe_layers(tuple(jnp.asarray(w) for w in learned_params), key, b_ds, config.ridge, target,
                                   n_train=config.n_train, n_test=config.n_test)
             learned_pre[t], learned_post[t] = float(probes.mse[1]), float(probes.mse[2])
         probe_relu = jax.jit(jax.vmap(jax.vmap(lambda params, target: probe_representations(
@@ -118,7 +120,7 @@ def compute(config: Config):
     theory = {name: np.array([[reweighting_theory.probe_risks(a, b, k, target, config.ridge)[name]
                                for target in config.targets] for k in kappa_grid])
               for name in ("fixed_pre", "no_head", "learned_pre")}
-    converged = all(r["diagnostics"]["converged"] for r in fixed) and learned["diagnostics"]["converged"]
+    converged = bool(np.all(fixed.diagnostics.converged)) and bool(learned.converged)
     predicted_points = np.array([[reweighting_theory.probe_risks(a, b, k, target, config.ridge)["fixed_pre"]
                                   for target in config.targets] for k in config.kappas])
     max_gap = np.abs(fixed_pre - predicted_points[None]).max(axis=(1, 2))

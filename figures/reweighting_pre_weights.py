@@ -20,7 +20,8 @@ import sys
 import numpy as np
 
 from figures._common import caption, config_record, feature_colors, run_figure
-from simulations.experiments.reweighting import ReweightingConfig, run_reweighting_batch
+from simulations.experiment import point
+from simulations.experiments.reweighting import ReweightingConfig, run_batch
 from theory import reweighting as reweighting_theory
 
 NAME = "reweighting_pre_weights"
@@ -61,13 +62,13 @@ class Config:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(kappas=(1.0, 2.0, 3.0), init_scales=(1e-4,), sweep_kappas=(2.0, 3.0), gaps=(0.1,),
                    problems=(0, 1))
 
 
 def _relative_error(result) -> float:
-    measured, predicted = result["pre"]["measured"], result["pre"]["predicted"]
+    measured, predicted = result.pre.measured, result.pre.predicted
     learned = predicted > 0
     return float(np.max(np.abs(measured[learned] / predicted[learned] - 1.0)))
 
@@ -83,21 +84,22 @@ def compute(config: Config):
                                kappa=k, init_scale=config.sweep_init_scale, seed=config.seed)
              for gap, k, p in sweep]
     # One vmapped solve for both panels (one compilation); the flow time is set by the slowest point.
-    results = run_reweighting_batch(left + right)
+    batch = run_batch(left + right)
+    results = [point(batch, index) for index in range(len(left + right))]
     left_results, right_results = results[:len(left)], results[len(left):]
     shape = (len(config.init_scales), len(config.kappas), d)
-    pre = np.array([r["pre"]["measured"] for r in left_results]).reshape(shape)
-    post = np.array([r["post"]["measured"] for r in left_results]).reshape(shape)
+    pre = np.array([r.pre.measured for r in left_results]).reshape(shape)
+    post = np.array([r.post.measured for r in left_results]).reshape(shape)
     kappa_grid = np.linspace(1.0, max(config.kappas), 121)
     theory_pre = np.array([reweighting_theory.fixed_head_weights(config.pos_cov, config.second_moment, k).pre
                            for k in kappa_grid])
     theory_post = reweighting_theory.fixed_head_weights(config.pos_cov, config.second_moment, 1.0).post
     errors = np.array([_relative_error(r) for r in right_results])
     margins = np.array([reweighting_theory.exchange_margin(c.pos_cov, c.second_moment, c.kappa) for c in right])
-    post_error = max(float(np.max(np.abs(r["post"]["measured"][r["post"]["predicted"] > 0]
-                                         / r["post"]["predicted"][r["post"]["predicted"] > 0] - 1)))
+    post_error = max(float(np.max(np.abs(r.post.measured[r.post.predicted > 0]
+                                         / r.post.predicted[r.post.predicted > 0] - 1)))
                      for r in left_results + right_results)
-    converged = all(r["diagnostics"]["converged"] for r in left_results + right_results)
+    converged = all(r.diagnostics.converged for r in left_results + right_results)
     left_errors = np.array([_relative_error(r) for r in left_results]).reshape(shape[:2])
     print(f"{NAME}: post max rel error {post_error:.1e}; converged {converged}; rank-rule error by margin "
           f"{sorted(zip(np.round(margins, 2).tolist(), np.round(errors, 5).tolist()))}", file=sys.stderr)
@@ -110,7 +112,7 @@ def compute(config: Config):
               "all_converged": converged, "left_errors": left_errors.tolist(),
               "sweep_points": [{"gap": g, "kappa": k, "problem": p, "margin": float(m), "error": float(e)}
                                for (g, k, p), m, e in zip(sweep, margins, errors)],
-              "steps_max": max(r["diagnostics"]["steps"] for r in left_results + right_results)}
+              "steps_max": int(max(r.diagnostics.steps for r in left_results + right_results))}
     return arrays, record
 
 
@@ -128,7 +130,7 @@ def plot(arrays, record):
         left.plot(arrays["kappa_grid"], arrays["theory_pre"][:, i], color=color, lw=1.3,
                   label=f"r={a[i] / b[i]:.2f}, a={a[i]:.2f}: rank {ranks[i]}")
         left.axhline(arrays["theory_post"][i], color=color, lw=0.8, ls=":")
-        for e, eps in enumerate(arrays["init_scales"]):
+        for e in range(len(arrays["init_scales"])):
             left.plot(arrays["kappas"], arrays["pre_measured"][e, :, i], ls="none", marker=markers[e % 3],
                       mfc=color if e == 0 else "none", mec=color, ms=7 - e, zorder=3)
             left.plot(arrays["kappas"], arrays["post_measured"][e, :, i], ls="none", marker="x", color=color,

@@ -21,7 +21,8 @@ import sys
 import numpy as np
 
 from figures._common import caption, config_record, run_figure
-from simulations.experiments.supervised import SupervisedConfig, run_supervised_batch
+from simulations.experiment import point
+from simulations.experiments.supervised import EXPERIMENT, SupervisedConfig
 
 NAME = "supervised_coarse_to_fine"
 COMBOS = (("relu", "spectral"), ("relu", "cross_entropy"), ("linear", "spectral"), ("linear", "cross_entropy"))
@@ -53,7 +54,7 @@ class Config:
     steps: int = 1500
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(seeds=(0, 1), init_scales=(0.05, 0.3), weight_decays=(1e-2,), sweep_seeds=(0,), steps=1000)
 
 
@@ -71,17 +72,18 @@ def compute(config: Config):
               "seeds": np.asarray(config.seeds), "sweep_seeds": np.asarray(config.sweep_seeds)}
     spread = {}
     combos = [(network, loss, _points(config, loss)) for network, loss in COMBOS]
-    every = run_supervised_batch([
+    batch = EXPERIMENT.run_batch([
         SupervisedConfig.quick(network=network, loss=loss, class_offset=config.class_offset, init_scale=eps,
                                weight_decay=wd, seed=seed, steps=config.steps)
         for network, loss, points in combos for _, eps, wd, seed in points])
+    every = [point(batch, index) for index in range(len(batch.losses))]
     start = 0
     for network, loss, points in combos:
         results, start = every[start:start + len(points)], start + len(points)
         tag = f"{network}_{loss}"
         for layer in ("pre", "post"):
             for field in ("fine_r2", "fine_accuracy"):
-                values = np.asarray([r[layer][field] for r in results])
+                values = np.asarray([getattr(getattr(r, layer), field) for r in results])
                 kinds = np.asarray([p[0] for p in points])
                 arrays[f"{tag}_{layer}_{field}_default"] = values[kinds == "default"]
                 arrays[f"{tag}_{layer}_{field}_init"] = values[kinds == "init"].reshape(
@@ -90,7 +92,7 @@ def compute(config: Config):
                     arrays[f"{tag}_{layer}_{field}_decay"] = values[kinds == "decay"].reshape(
                         len(config.weight_decays), len(config.sweep_seeds))
         arrays[f"{tag}_final_loss_init"] = np.asarray(
-            [r["diagnostics"]["final_loss"] for r, p in zip(results, points) if p[0] == "init"]).reshape(
+            [r.diagnostics.final_loss for r, p in zip(results, points) if p[0] == "init"]).reshape(
             len(config.init_scales), len(config.sweep_seeds))
         spread[tag] = {layer: {"mean": float(arrays[f"{tag}_{layer}_fine_r2_default"].mean()),
                                "min": float(arrays[f"{tag}_{layer}_fine_r2_default"].min()),
@@ -124,8 +126,8 @@ def plot(arrays, record):
     bars.set_ylim(-0.05, 1.05)
     bars.set_ylabel("fine label: probe R$^2$ (solid) / sign accuracy (hatched)")
     bars.set_title(f"init scale {eps0:g}: pre (blue) vs post (red); dots = seeds", fontsize=9)
-    from matplotlib.patches import Patch
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
     bars.legend(handles=[Patch(color="tab:blue", alpha=0.8, label="R$^2$ below the head (h)"),
                          Patch(color="tab:red", alpha=0.8, label="R$^2$ above the head (z)"),
                          Patch(facecolor="white", edgecolor="k", hatch="//", label="accuracy (same probe's sign)"),
@@ -163,7 +165,8 @@ def plot(arrays, record):
     for network, color in (("relu", "tab:orange"), ("linear", "tab:brown")):
         tag = f"{network}_cross_entropy"
         for layer, marker, fill in (("pre", "o", "full"), ("post", "s", "none")):
-            values = np.vstack([arrays[f"{tag}_{layer}_fine_r2_init"][at_scale][None], arrays[f"{tag}_{layer}_fine_r2_decay"]])
+            values = np.vstack([arrays[f"{tag}_{layer}_fine_r2_init"][at_scale][None],
+                                arrays[f"{tag}_{layer}_fine_r2_decay"]])
             decay.plot(np.repeat(positions, values.shape[1]), values.ravel(), ls="none", marker=marker, fillstyle=fill,
                        color=color, ms=6)
             decay.plot(positions, values.mean(axis=1), ls=styles[network], lw=1, color=color,
@@ -181,19 +184,21 @@ def plot(arrays, record):
     fig.subplots_adjust(left=0.05, right=0.99, top=0.9, bottom=0.3, wspace=0.22)
     s = record["summary"]
     caption(fig, (
-        "Simulation (markers/bars; mean over seeds, dots/markers per seed) of two-layer networks h = relu(W x) (or W x), "
-        "z = V h, trained on coarse labels (subclasses at +-mu e_c) with the supervised spectral contrastive loss on z or "
-        "cross-entropy through a classifier on z; probes on fresh data. ReLU: fine-label R^2 below the head "
+        "Simulation (markers/bars; mean over seeds, dots/markers per seed) of two-layer networks h = relu(W x) "
+        "(or W x), z = V h, trained on coarse labels (subclasses at +-mu e_c) with the supervised spectral "
+        "contrastive loss on z or cross-entropy through a classifier on z; probes on fresh data. ReLU: fine-label "
+        "R^2 below the head "
         f"{s['relu_spectral']['pre']['min']:.2f}-{s['relu_spectral']['pre']['max']:.2f} (contrastive), "
         f"{s['relu_cross_entropy']['pre']['min']:.2f}-{s['relu_cross_entropy']['pre']['max']:.2f} (cross-entropy); "
         f"above it {s['relu_spectral']['post']['min']:.3f}-{s['relu_spectral']['post']['max']:.3f} and "
-        f"{s['relu_cross_entropy']['post']['min']:.3f}-{s['relu_cross_entropy']['post']['max']:.3f} (min-max over seeds). "
-        "The ReLU layer must build relu(+x_c) and relu(-x_c) to solve the coarse task; the head adds them. Linear theory: "
-        "the subclass direction is absent from both layers (R^2 = 0); what linear nets show is the init-scale residue of "
-        "untrained directions, which shrinks with the init scale or weight decay. Sign accuracy counts that residue "
-        "as present (hatched bars) while R^2 does not. The contrastive loss shrinks unused directions of z itself; "
-        "cross-entropy does not, so its collapse needs a small init or weight decay (middle, right). Contrastive runs at "
-        "the smallest init may not leave the initial plateau within the steps."), width=175)
+        f"{s['relu_cross_entropy']['post']['min']:.3f}-{s['relu_cross_entropy']['post']['max']:.3f} "
+        "(min-max over seeds). The ReLU layer must build relu(+x_c) and relu(-x_c) to solve the coarse task; the "
+        "head adds them. Linear theory: the subclass direction is absent from both layers (R^2 = 0); what linear "
+        "nets show is the init-scale residue of untrained directions, which shrinks with the init scale or weight "
+        "decay. Sign accuracy counts that residue as present (hatched bars) while R^2 does not. The contrastive "
+        "loss shrinks unused directions of z itself; cross-entropy does not, so its collapse needs a small init or "
+        "weight decay (middle, right). Contrastive runs at the smallest init may not leave the initial plateau "
+        "within the steps."), width=175)
     return fig
 
 

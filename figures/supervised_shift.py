@@ -20,7 +20,8 @@ import sys
 import numpy as np
 
 from figures._common import caption, config_record, run_figure
-from simulations.experiments.supervised import SupervisedConfig, run_supervised_batch
+from simulations.experiment import point
+from simulations.experiments.supervised import EXPERIMENT, SupervisedConfig
 
 NAME = "supervised_shift"
 
@@ -42,7 +43,7 @@ class Config:
     steps: int = 2000
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(agreements=(0.5, 0.9, 0.99), seeds=(0, 1), steps=1000)
 
 
@@ -50,7 +51,8 @@ def compute(config: Config):
     """Train every (agreement, seed) as one vmapped batch and tabulate accuracies and effect ratios."""
     configs = [SupervisedConfig.quick(task="shift", loss=config.loss, agreement=p, seed=s, steps=config.steps)
                for p in config.agreements for s in config.seeds]
-    results = run_supervised_batch(configs)
+    batch = EXPERIMENT.run_batch(configs)
+    results = [point(batch, index) for index in range(len(configs))]
     shape = (len(config.agreements), len(config.seeds))
 
     def grid(get):
@@ -58,10 +60,10 @@ def compute(config: Config):
 
     arrays = {"agreements": np.asarray(config.agreements), "seeds": np.asarray(config.seeds)}
     for layer in ("input", "pre", "post"):
-        arrays[f"{layer}_worst_group"] = grid(lambda r, layer=layer: r[layer]["worst_group"])
-        arrays[f"{layer}_average"] = grid(lambda r, layer=layer: r[layer]["average"])
+        arrays[f"{layer}_worst_group"] = grid(lambda r, layer=layer: getattr(r, layer).worst_group)
+        arrays[f"{layer}_average"] = grid(lambda r, layer=layer: getattr(r, layer).average)
     for key in ("pre_spurious_ratio", "post_spurious_ratio", "head_top_spurious_ratio", "head_top_share"):
-        arrays[key] = grid(lambda r, key=key: r["weights"][key])
+        arrays[key] = grid(lambda r, key=key: getattr(r.weights, key))
     gap = arrays["pre_worst_group"] - arrays["post_worst_group"]
     summary = {"min_gap_by_agreement": gap.min(axis=1).tolist(), "mean_gap_by_agreement": gap.mean(axis=1).tolist()}
     print(f"{NAME}: {summary}", file=sys.stderr)

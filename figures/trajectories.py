@@ -58,7 +58,7 @@ class Config:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(depths=(2,), sim_points=24, theory_points=150)
 
 

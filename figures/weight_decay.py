@@ -59,7 +59,7 @@ class Config:
             raise ValueError(f"offset must lie in (0, 1), got {self.offset!r}")
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(depths=(2,), wd_fractions=tuple(np.round(np.linspace(0.1, 1.2, 8), 4).tolist()),
                    theory_points=120)
 
@@ -106,7 +106,8 @@ def compute(config: Config):
             error = np.abs(measured - predicted)
             arrays |= {
                 f"weight_decays_L{depth}": weight_decays, f"inits_L{depth}": inits.reshape(2, -1),
-                f"measured_L{depth}": measured.reshape(2, -1, depth), f"predicted_L{depth}": predicted.reshape(2, -1, depth),
+                f"measured_L{depth}": measured.reshape(2, -1, depth),
+                f"predicted_L{depth}": predicted.reshape(2, -1, depth),
                 f"theory_wd_L{depth}": theory_wd, f"stable_L{depth}": stable, f"unstable_L{depth}": unstable,
             }
             thresholds[f"L{depth}"] = {"survival": survival, "global": global_}

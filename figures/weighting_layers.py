@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from figures._common import caption, config_record, feature_colors, progress, run_figure
-from simulations.experiments.weighting import WeightingConfig, run_weighting
+from simulations.experiments.weighting import WeightingConfig, run_weighting, to_record
 from theory import linear as linear_theory
 
 NAME = "weighting_layers"
@@ -46,7 +46,7 @@ class Config:
     seeds: tuple[int, ...] = (0, 1)
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(seeds=(0,))
 
 
@@ -63,9 +63,9 @@ def compute(config: Config):
         result = run_weighting(WeightingConfig(pos_cov=config.pos_cov, second_moment=config.second_moment,
                                                depth=depth, init_scale=config.init_scale, seed=seed))
         i, j = config.depths.index(depth), config.seeds.index(seed)
-        measured[i, j, :depth] = result["measured"]
-        predicted[i, :depth] = result["predicted"]
-        diagnostics.append({"depth": depth, "seed": seed, **result["diagnostics"]})
+        measured[i, j, :depth] = result.measured
+        predicted[i, :depth] = result.predicted
+        diagnostics.append({"depth": depth, "seed": seed, **to_record(result.diagnostics)})
     # Theory as a continuous function of the layer fraction q = l / L: w_i^q.
     fractions = np.linspace(0.0, 1.0, 101)
     end_to_end = linear_theory.end_to_end_weights(config.pos_cov, config.second_moment)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simulations import cli, sweep
+from simulations import __version__, cli, sweep
 from simulations.commands import add_experiment_command, run_experiment_command
 from simulations.experiment import Experiment
 from simulations.flow import FlowDivergenceError
@@ -21,6 +21,7 @@ PROG = "python -m simulations"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.OneLineArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"projection-head-theory {__version__}")
     subparsers = parser.add_subparsers(dest="experiment", parser_class=cli.OneLineArgumentParser)
     for name, entry in EXPERIMENTS.items():
         doc = entry.doc if isinstance(entry, Experiment) else entry.__doc__

@@ -13,11 +13,15 @@ import argparse
 import dataclasses
 import json
 import sys
+import threading
 import time
 
 from simulations import cli
 from simulations.experiment import Experiment, numeric_outputs, output_paths, point
 from simulations.results import save_run, to_jsonable
+
+#: Seconds before a running command says so on stderr (and whether it finished is printed after it).
+PROGRESS_DELAY_S = 1.0
 
 
 def add_experiment_command(parser: argparse.ArgumentParser, experiment: Experiment) -> None:
@@ -56,14 +60,20 @@ def run_experiment_command(experiment: Experiment, parser: argparse.ArgumentPars
     configs = build_configs(experiment, fields, args.quick)
     progress = not args.no_progress
     started = time.perf_counter()
+    # The start line waits a moment, so bad input found at once still ends as exactly one stderr line.
+    notice = threading.Timer(PROGRESS_DELAY_S, print, args=(
+        f"{experiment.name}: running {len(configs)} configuration(s) (the first run in a fresh process "
+        f"includes compilation) ...",), kwargs={"file": sys.stderr, "flush": True})
     if progress:
-        print(f"{experiment.name}: running {len(configs)} configuration(s) "
-              f"(the first run in a fresh process includes compilation) ...", file=sys.stderr, flush=True)
-    points = run_configs(experiment, configs)
+        notice.start()
+    try:
+        points = run_configs(experiment, configs)
+    finally:
+        notice.cancel()
     single = len(configs) == 1
     subject, config = (points[0], configs[0]) if single else (points, configs)
     report = experiment.report(subject, config)
-    if progress:
+    if progress and time.perf_counter() - started > PROGRESS_DELAY_S:
         print(f"{experiment.name}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(to_jsonable(report)))
@@ -75,9 +85,13 @@ def run_experiment_command(experiment: Experiment, parser: argparse.ArgumentPars
     else:
         arrays = {f"{index}.{key}": value for index, result in enumerate(points)
                   for key, value in numeric_outputs(result, paths).items()}
+    # "config" is what --config FILE reads back: the full config, or for a command that builds several
+    # configs the command's own fields (each built config is recorded under "configs").
     record = {"experiment": experiment.name,
-              "config": dataclasses.asdict(configs[0]) if single else [dataclasses.asdict(c) for c in configs],
+              "config": dataclasses.asdict(configs[0]) if single else dict(fields),
               "seed": getattr(configs[0], "seed", None), "report": report}
+    if not single:
+        record["configs"] = [dataclasses.asdict(c) for c in configs]
     npz, _ = save_run(args.out, experiment.name, arrays, record, precision=getattr(configs[0], "precision", None))
     print(f"saved {npz} and its .json record", file=sys.stderr)
     return 0

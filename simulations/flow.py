@@ -21,7 +21,8 @@ simulations and closed-form trajectories share one axis.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import diffrax
 import jax
@@ -230,6 +231,11 @@ _hessian_jit = jax.jit(_hessian_extremes, static_argnums=0)
 _hessian_batched = jax.jit(jax.vmap(_hessian_extremes, in_axes=(None, 0, 0)), static_argnums=0)
 
 
+def compiled_programs(batched: bool = False):
+    """The two jitted programs a flow runs, ``(segment, hessian)``: for profilers that time them apart."""
+    return (_segment_batched, _hessian_batched) if batched else (_segment_jit, _hessian_jit)
+
+
 def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options: FlowOptions | None = None,
                   batched: bool = False) -> FlowResult:
     """Integrate d(theta)/dt = -grad_theta loss_fn(theta, args) to a certified steady state.
@@ -275,7 +281,8 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
         _check_blow_up(params0, out, steps, batched)
         if times is not None:
             trajectory = out["trajectory"] if trajectory is None else jax.tree_util.tree_map(
-                lambda old, new: jnp.where(_expand(times[None] if batched else times, old, t_start, batched), old, new),
+                lambda old, new, t_start=t_start: jnp.where(
+                    _expand(times[None] if batched else times, old, t_start, batched), old, new),
                 trajectory, out["trajectory"])
         # Motion along the last escape direction, or any loss decrease: a slowly growing plateau
         # feature may escape along its own (not the most negative) direction.

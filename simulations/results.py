@@ -9,12 +9,15 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-LIBRARY_VERSION = "0.1.0"
+from simulations import __version__
+
+LIBRARY_VERSION = __version__
 _PACKAGES = ("jax", "jaxlib", "numpy", "optax", "diffrax", "equinox", "matplotlib", "tqdm")
 
 

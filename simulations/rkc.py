@@ -15,14 +15,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from diffrax import (
+    RESULTS,
     AbstractAdaptiveSolver,
     AbstractTerm,
-    ODETerm,
-    RESULTS,
     ThirdOrderHermitePolynomialInterpolation,
 )
 

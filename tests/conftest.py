@@ -1,1 +1,25 @@
-import jax; jax.config.update("jax_enable_x64", True)
+"""Settings for the whole test suite, applied before any test module imports JAX code.
+
+float64 everywhere (theory-versus-simulation checks need it), and rank promotion is an error: an
+(n,) array meeting an (n, 1) one must fail loudly instead of broadcasting to (n, n), as in
+equinox's and neural-tangents' suites. Warnings raised from our own modules are errors
+(pyproject.toml, [tool.pytest.ini_options] filterwarnings). Helpers shared by several test
+files live in tests/helpers.py; fixtures shared by several files live here.
+"""
+
+import os
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def cli_environment(tmp_path_factory):
+    """The caller's environment with a private compilation cache, for subprocess runs of our commands.
+
+    Tests never write into the user's cache (~/.cache/projection-head-theory/jax).
+    """
+    return {**os.environ, "PROJECTION_HEAD_JAX_CACHE": str(tmp_path_factory.mktemp("jax-cache"))}

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from simulations import data, losses, models, probe, train
-from simulations.models import relu
 from simulations.experiments import downstream, weighting
 from simulations.flow import FlowOptions
+from simulations.models import relu
 from theory import downstream as downstream_theory
 from theory import dynamics, linear
 from theory import weight_decay as wd_theory
@@ -65,11 +65,12 @@ API_CASES = [
     ("probe-negative-ridge", lambda: probe.ridge_probe(X, np.ones(4), X, np.ones(4), -1.0), "ridge"),
     ("probe-one-sample", lambda: probe.ridge_probe(X[:1], np.ones(1), X, np.ones(4), 0.1), "train_features"),
     ("probe-target-shape", lambda: probe.ridge_probe(X, np.ones(3), X, np.ones(4), 0.1), "train_target"),
-    ("training-learning-rate", lambda: train.train_on_samples(
-        lambda p, x, xp: 0.0, X, _pairs, KEY, learning_rate=0.0, steps=10, batch_size=4, record_every=10),
-     "learning_rate"),
-    ("training-steps-multiple", lambda: train.train_on_samples(
-        lambda p, x, xp: 0.0, X, _pairs, KEY, learning_rate=0.1, steps=15, batch_size=4, record_every=10), "steps"),
+    ("training-learning-rate", lambda: train.train(
+        lambda p, pair: 0.0, X, batch=_pairs, learning_rate=0.0, steps=10, record_every=10), "learning_rate"),
+    ("training-steps-multiple", lambda: train.train(
+        lambda p, pair: 0.0, X, batch=_pairs, learning_rate=0.1, steps=15, record_every=10), "steps"),
+    ("training-record", lambda: train.train(lambda p: 0.0, X, learning_rate=0.1, steps=10, record_every=5,
+                                                   record="max"), "record"),
     ("flow-solver", lambda: FlowOptions(solver="rk4"), "solver"),
     ("flow-rtol", lambda: FlowOptions(rtol=0.0), "rtol"),
     ("weighting-depth", lambda: weighting.WeightingConfig(depth=0), "depth"),
@@ -122,9 +123,20 @@ CLI_CASES = [
      "init_scale"),
     ("reweighting-missing-kappa", "simulations.__main__", REWEIGHTING, "--kappa"),
     ("reweighting-width", "simulations.__main__", REWEIGHTING + ["--kappa", "2", "--width", "0"], "width"),
+    ("readout-missing-target", "simulations.__main__", ["readout", "--pos-cov", "0.9,0.5", "--second-moment", "1,1"],
+     "--target"),
+    ("readout-target-range", "simulations.__main__",
+     ["readout", "--pos-cov", "0.9,0.5", "--second-moment", "1,1", "--target", "2"], "target"),
+    ("readout-depth-0", "simulations.__main__",
+     ["readout", "--pos-cov", "0.9,0.5", "--second-moment", "1,1", "--target", "0", "--depth", "0"], "depth"),
+    ("pixels-p-drop", "simulations.__main__", ["pixels", "--p-drop", "1.5"], "p_drop"),
+    ("pixels-encoder", "simulations.__main__", ["pixels", "--encoder", "resnet"], "--encoder"),
+    ("pixels-missing-data-dir", "simulations.__main__", ["pixels", "--data-dir", "/no/such/cifar"], "/no/such/cifar"),
+    ("config-file-missing", "simulations.__main__", WEIGHTING + ["--config", "no-such-record.json"],
+     "no-such-record.json"),
     ("sweep-unknown-experiment", "simulations.__main__", ["sweep", "rotate", "--out", "unused-dir"], "rotate"),
-    ("sweep-unknown-field", "simulations.__main__", ["sweep", "weighting", "--out", "unused-dir", "--set", "colour=1,2"],
-     "colour"),
+    ("sweep-unknown-field", "simulations.__main__",
+     ["sweep", "weighting", "--out", "unused-dir", "--set", "colour=1,2"], "colour"),
     ("sweep-seeds-0", "simulations.__main__", ["sweep", "weighting", "--out", "unused-dir", "--seeds", "0"], "seeds"),
     ("sweep-bad-value", "simulations.__main__", ["sweep", "weighting", "--out", "unused-dir", "--set", "depth=0,2"],
      "depth"),

@@ -17,6 +17,7 @@ Error model of the measured probe error (sizes the tolerances below):
   the representation, the error is exactly zero.
 """
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -136,7 +137,8 @@ def test_general_probe_risk_matches_monte_carlo_probe():
     x = jax.random.normal(key_train, (n, d)) @ root.T
     x_test = jax.random.normal(key_test, (1000, d)) @ root.T
     mean, scale = probe.representation_normalization(x @ P.T)
-    fit = probe.ridge_probe((x @ P.T - mean) / scale, x @ u, (x_test @ P.T - mean) / scale, x_test @ u, RIDGE)
+    fit = probe.ridge_probe((x @ P.T - mean[None, :]) / scale, x @ u, (x_test @ P.T - mean[None, :]) / scale,
+                            x_test @ u, RIDGE)
     risk = probe.affine_predictor_risk(P.T @ fit.weights / scale, fit.intercept - fit.weights @ mean / scale, u, sigma)
     assert abs(float(risk) - predicted) < MONTE_CARLO_GENERAL
 
@@ -331,9 +333,9 @@ def test_training_is_shared_with_weighting():
     config = ds.DownstreamConfig(**FAST)
     result = ds.run_downstream(config)
     reference = weighting.run_weighting(config.weighting)
-    assert result["diagnostics"]["converged"]
-    assert np.array_equal(result["measured_weights"][1:], reference["measured"])
-    assert np.array_equal(result["predicted_weights"][1:], reference["predicted"])
+    assert result.diagnostics.converged
+    assert np.array_equal(result.measured_weights[1:], reference.measured)
+    assert np.array_equal(result.predicted_weights[1:], reference.predicted)
 
 
 @pytest.mark.parametrize("regime", sorted(REGIMES))
@@ -343,28 +345,28 @@ def test_regime_on_trained_network(regime):
     (a0, b0), winner = REGIMES[regime]
     a, b = _moments(a0, b0)
     result = _run(pos_cov=tuple(a), second_moment=tuple(b), target=0)
-    assert result["diagnostics"]["converged"]
-    assert np.max(np.abs(result["measured"] - result["predicted"])) < AGREEMENT_20K
-    noise = TEST_NOISE_SIGMAS * np.sqrt(2.0 / result["diagnostics"]["n_test"]) * result["fitted_risk"] + 1e-12
-    assert np.all(np.abs(result["measured"] - result["fitted_risk"]) < noise)
-    assert result["pre_beats_post"] == (winner == "pre")
-    measured_pre_wins = result["pre"]["measured"] < result["post"]["measured"]
+    assert result.diagnostics.converged
+    assert np.max(np.abs(result.measured - result.predicted)) < AGREEMENT_20K
+    noise = TEST_NOISE_SIGMAS * np.sqrt(2.0 / result.diagnostics.n_test) * result.fitted_risk + 1e-12
+    assert np.all(np.abs(result.measured - result.fitted_risk) < noise)
+    assert result.pre_beats_post == (winner == "pre")
+    measured_pre_wins = result.pre.measured < result.post.measured
     assert measured_pre_wins == (winner == "pre")
 
 
 def test_downstream_strength_and_layer_choice_on_trained_network():
     """Downstream strengths differing from pretraining, and the raw input as the 'pre' layer."""
     result = _run(downstream_second_moment=(0.2, 3.0, 0.5), target=1, layer=0)
-    assert result["pre"]["layer"] == 0 and result["post"]["layer"] == 2
-    assert np.max(np.abs(result["measured"] - result["predicted"])) < AGREEMENT_20K
-    assert result["pre"]["predicted"] == pytest.approx(theory.probe_risk(np.ones(3), [0.2, 3.0, 0.5], 1, RIDGE))
+    assert result.pre.layer == 0 and result.post.layer == 2
+    assert np.max(np.abs(result.measured - result.predicted)) < AGREEMENT_20K
+    assert result.pre.predicted == pytest.approx(theory.probe_risk(np.ones(3), [0.2, 3.0, 0.5], 1, RIDGE))
 
 
 def test_zero_ridge_decodes_exactly_on_trained_network():
     """ridge = 0: the target is an exact linear function of every live layer, so MSE = 0."""
     result = _run(ridge=0.0, n_train=200, n_test=200)
-    assert np.all(result["predicted"] == 0.0)
-    assert np.max(np.abs(result["measured"])) < EXACT_FIT
+    assert np.all(result.predicted == 0.0)
+    assert np.max(np.abs(result.measured)) < EXACT_FIT
 
 
 def test_error_converges_at_rate_inverse_sqrt_n():
@@ -372,13 +374,14 @@ def test_error_converges_at_rate_inverse_sqrt_n():
     falls like n^(-1/2) (see the module docstring for why not n^(-1))."""
     config = ds.DownstreamConfig(**FAST)
     params, _ = ds.train_network(config.weighting)
-    predicted = ds.predict(config)["mse"]
+    predicted = ds.predict(config).mse
     keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(11), s))(jnp.arange(64))
     sizes = np.array([1_000, 4_000, 16_000])
     errors = []
     for n in sizes:
-        out = jax.vmap(lambda k: ds.probe_layers(params, k, jnp.asarray(config.downstream), config.ridge,
-                                                 config.target, n_train=int(n), n_test=2))(keys)
+        probe_n = functools.partial(probe.probe_layers, n_train=int(n), n_test=2)
+        out = jax.vmap(lambda k, run=probe_n: run(params, k, jnp.asarray(config.downstream), config.ridge,
+                                                  config.target))(keys)
         errors.append(np.mean(np.abs(np.asarray(out.fitted_risk) - predicted), axis=0))
     errors = np.asarray(errors)  # (sizes, layers)
     for layer in (1, 2):
@@ -430,11 +433,11 @@ def test_weight_decay_on_trained_networks():
     decayed = _run(target=2, weight_decay=0.5, init_scale=1.5)
     dead = _run(target=2, weight_decay=0.3, init_scale=0.1)
     for result in (base, decayed, dead):
-        assert result["diagnostics"]["converged"]
-        assert np.max(np.abs(result["measured"] - result["predicted"])) < AGREEMENT_20K
-    advantage = [r["post"]["measured"] - r["pre"]["measured"] for r in (base, decayed)]
+        assert result.diagnostics.converged
+        assert np.max(np.abs(result.measured - result.predicted)) < AGREEMENT_20K
+    advantage = [r.post.measured - r.pre.measured for r in (base, decayed)]
     assert advantage[1] > advantage[0] + 0.03
-    assert dead["predicted"][1] == dead["predicted"][2] == 1.0
+    assert dead.predicted[1] == dead.predicted[2] == 1.0
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -522,11 +525,11 @@ def test_basin_prediction_is_a_saddle_when_a_dead_feature_is_more_invariant():
     # The trained network: features {0, 1} at their stable roots, feature 2 dead, lower loss.
     result = _run(target=2, weight_decay=wd, init_scale=0.1)
     stable = wd_theory.fixed_points(a, b, 2, wd).stable ** 2
-    assert result["diagnostics"]["converged"]
-    assert np.allclose(result["measured_weights"][-1], [stable[0], stable[1], 0.0], atol=1e-4)
-    assert result["diagnostics"]["loss"] < float(weighting.population_loss(params, args)) - 0.5
-    assert np.max(np.abs(result["measured_weights"][-1] - predicted[-1])) > 1.0  # the basin is wrong
-    assert result["diagnostics"]["max_weight_error"] < 1e-4  # the escape prediction is right
+    assert result.diagnostics.converged
+    assert np.allclose(result.measured_weights[-1], [stable[0], stable[1], 0.0], atol=1e-4)
+    assert result.diagnostics.loss < float(weighting.population_loss(params, args)) - 0.5
+    assert np.max(np.abs(result.measured_weights[-1] - predicted[-1])) > 1.0  # the basin is wrong
+    assert result.diagnostics.max_weight_error < 1e-4  # the escape prediction is right
 
 
 def test_saddle_criterion_matches_hessian_on_random_basin_states():
@@ -560,4 +563,4 @@ def test_saddle_criterion_matches_hessian_on_random_basin_states():
 def test_quick_config_runs_and_agrees():
     result = ds.run_downstream(ds.DownstreamConfig.quick())
     # n_train = 2,000: training-sample error ~0.005 (1 / sqrt(n) from ~0.0015 at 20,000).
-    assert np.max(np.abs(result["measured"] - result["predicted"])) < AGREEMENT_20K
+    assert np.max(np.abs(result.measured - result.predicted)) < AGREEMENT_20K

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from simulations import data, losses, models
@@ -290,6 +291,45 @@ def test_info_nce_is_scale_invariant_and_rejects_bad_temperature(batch):
         float(losses.info_nce_loss(z, z_pos)), rel=EXACT)
     with pytest.raises(ValueError, match="temperature"):
         losses.info_nce_loss(z, z_pos, temperature=0.0)
+
+
+# Our losses vs optax's where both define the same quantity: two float64 implementations with
+# different summation orders and log-sum-exp shifts agree to rounding (~1e-15 relative per term).
+OPTAX_AGREEMENT = 1e-10
+
+
+@pytest.mark.parametrize("temperature", [0.5, 0.1])
+def test_info_nce_equals_optax_ntxent(batch, temperature):
+    """SimCLR's NT-Xent: optax.losses.ntxent on the 2n views labelled by their sample."""
+    z, z_pos = batch
+    n = z.shape[0]
+    labels = jnp.concatenate([jnp.arange(n), jnp.arange(n)])
+    expected = optax.losses.ntxent(jnp.concatenate([z, z_pos]), labels, temperature)
+    assert float(losses.info_nce_loss(z, z_pos, temperature)) == pytest.approx(float(expected), rel=OPTAX_AGREEMENT)
+
+
+def test_supcon_equals_optax_ntxent_with_one_positive_per_anchor(batch):
+    """With exactly one positive per anchor SupCon ("L_out") is NT-Xent; with several the two differ
+    on purpose (optax leaves the other positives out of each denominator, L_out keeps them)."""
+    z, z_pos = batch
+    n = z.shape[0]
+    views, labels = jnp.concatenate([z, z_pos]), jnp.concatenate([jnp.arange(n), jnp.arange(n)])
+    assert float(losses.supcon_loss(views, labels, 0.5)) == pytest.approx(
+        float(optax.losses.ntxent(views, labels, 0.5)), rel=OPTAX_AGREEMENT)
+    coarse = labels % 2  # several positives per anchor
+    assert abs(float(losses.supcon_loss(views, coarse, 0.5)) - float(optax.losses.ntxent(views, coarse, 0.5))) > 1e-3
+
+
+def test_cross_entropy_equals_optax_softmax_cross_entropy(batch):
+    z, _ = batch
+    classifier = (jax.random.normal(_key(8), (4, 3)), jax.random.normal(_key(9), (4,)))
+    labels = jnp.arange(z.shape[0]) % 4
+    logits = losses.classifier_logits(classifier, z)
+    ours = float(losses.cross_entropy_loss(classifier, z, labels))
+    assert ours == pytest.approx(float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))),
+                                 rel=OPTAX_AGREEMENT)
+    assert ours == pytest.approx(float(jnp.mean(optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, 4)))),
+                                 rel=OPTAX_AGREEMENT)
 
 
 def test_losses_jit_equals_no_jit(batch, general_problem):

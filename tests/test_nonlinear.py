@@ -21,10 +21,11 @@ import pytest
 from scipy import integrate
 
 from simulations import data, losses
-from simulations.models import relu
 from simulations.__main__ import main as cli_main
+from simulations.experiment import run
 from simulations.experiments import nonlinear
 from simulations.flow import FlowDivergenceError, FlowOptions, gradient_flow
+from simulations.models import relu
 from theory import relu_diagonal as rd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +112,8 @@ def test_population_gradient_matches_finite_differences(laws_fn, bias):
     loss = jax.jit(lambda v: rd.population_loss(unravel(v), laws, 0.01))
     gradient = np.asarray(jax.flatten_util.ravel_pytree(rd.population_gradient(params, laws, 0.01))[0])
     steps = FD_STEP * np.eye(flat.size)
-    numeric = (np.asarray(jax.vmap(loss)(flat + steps)) - np.asarray(jax.vmap(loss)(flat - steps))) / (2 * FD_STEP)
+    plus, minus = flat[None, :] + steps, flat[None, :] - steps
+    numeric = (np.asarray(jax.vmap(loss)(plus)) - np.asarray(jax.vmap(loss)(minus))) / (2 * FD_STEP)
     assert np.allclose(gradient, numeric, rtol=FD_RTOL, atol=FD_RTOL * np.abs(numeric).max())
 
 
@@ -128,7 +130,7 @@ def test_fixed_point_is_stationary_with_predicted_loss(q):
     signs = np.array([[1.0, -1.0]] * 3)
     point = rd.fixed_point(laws, signs, 6)
     magnitude = np.abs(point.encoder).reshape(-1)
-    W = rd._sym_power(point.gram, 0.5)
+    W = rd.symmetric_power(point.gram, 0.5)
     params = relu.DiagonalReLUParams(jnp.asarray(point.encoder), None, jnp.asarray(W / magnitude[None, :]))
     assert abs(float(rd.population_loss(params, laws)) - point.loss) < EXACT_ATOL
     gradient = jax.flatten_util.ravel_pytree(rd.population_gradient(params, laws))[0]
@@ -194,13 +196,13 @@ def test_gradient_flow_on_exact_loss_reaches_predicted_fixed_point():
 @pytest.fixture(scope="module")
 def contract_runs():
     start = time.perf_counter()
-    results = nonlinear.run_nonlinear_batch([nonlinear.NonlinearConfig.quick(seed=s) for s in SEEDS])
+    results = nonlinear.run_batch([nonlinear.NonlinearConfig.quick(seed=s) for s in SEEDS])
     return results, time.perf_counter() - start
 
 
 def test_contract_holds_across_seeds_with_spread(contract_runs):
     results, _ = contract_runs
-    summaries = [r["summary"] for r in results]
+    summaries = [nonlinear.summarize(r2) for r2 in results.r2]
     table = {(net, layer, what): np.array([s[net][layer][what] for s in summaries])
              for net in ("relu", "linear") for layer in ("pre", "post") for what in ("sign_flipped", "invariant")}
     for key, values in table.items():
@@ -214,21 +216,26 @@ def test_contract_holds_across_seeds_with_spread(contract_runs):
 
 def test_trained_decodability_agrees_with_closed_form(contract_runs):
     results, _ = contract_runs
-    for result in results:
-        assert np.max(np.abs(result["r2"][0] - result["predicted_r2"])) < PREDICTED_R2_ATOL
-        assert np.max(np.abs(result["population_r2"] - result["predicted_r2"])) < PREDICTED_R2_ATOL
+    assert np.max(np.abs(results.r2[:, 0] - results.predicted_r2)) < PREDICTED_R2_ATOL
+    assert np.max(np.abs(results.population_r2 - results.predicted_r2)) < PREDICTED_R2_ATOL
+    np.testing.assert_array_equal(results.predicted_r2[0], nonlinear.predict(nonlinear.NonlinearConfig.quick()))
 
 
 def test_batch_result_does_not_depend_on_batch_companions(contract_runs):
     results, _ = contract_runs
-    again = nonlinear.run_nonlinear_batch([nonlinear.NonlinearConfig.quick(seed=s) for s in (2, 0, 1, 4, 3)])
-    np.testing.assert_allclose(again[1]["r2"], results[0]["r2"], atol=1e-10)
+    again = nonlinear.run_batch([nonlinear.NonlinearConfig.quick(seed=s) for s in (2, 0, 1, 4, 3)])
+    np.testing.assert_allclose(again.r2[1], results.r2[0], atol=1e-10)
+    np.testing.assert_allclose(again.losses[1], results.losses[0], atol=1e-10)
 
 
 def test_cli_prints_exactly_the_contract_object(capsys):
     assert cli_main(["nonlinear", "--quick", "--seed", "7", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert set(printed) == {"relu", "linear"}
+    assert set(printed) == {"relu", "linear", "diagnostics"}
+    diagnostics = printed.pop("diagnostics")
+    assert diagnostics["steps"] == 5000 and diagnostics["time"] == pytest.approx(100.0)
+    assert set(diagnostics["final_loss_by_net"]) == {"relu", "linear"}
+    assert all(np.isfinite(v) for v in (diagnostics["final_loss"], *diagnostics["final_loss_by_net"].values()))
     for net in printed.values():
         assert set(net) == {"pre", "post"}
         for layer in net.values():
@@ -238,7 +245,7 @@ def test_cli_prints_exactly_the_contract_object(capsys):
 
 def test_divergence_raises_with_step_and_remedy():
     with pytest.raises(FlowDivergenceError, match="step .* lower learning_rate"):
-        nonlinear.run_nonlinear(nonlinear.NonlinearConfig.quick(learning_rate=50.0))
+        run(nonlinear.EXPERIMENT, nonlinear.NonlinearConfig.quick(learning_rate=50.0))
 
 
 @pytest.mark.parametrize("field,value", [("flip_probability", 0.7), ("invariant_stds", ()), ("network", "conv"),
@@ -267,9 +274,9 @@ def test_quick_cli_runs_under_a_minute():
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{"loss": "info_nce"}, {"network": "full", "width": 32, "output_dim": 8}])
 def test_other_losses_and_networks_run(overrides):
-    result = nonlinear.run_nonlinear(nonlinear.NonlinearConfig.quick(**overrides))
-    print(overrides, json.dumps(result["summary"]))
-    assert np.all(np.isfinite(result["r2"]))
+    result = run(nonlinear.EXPERIMENT, nonlinear.NonlinearConfig.quick(**overrides))
+    print(overrides, json.dumps(nonlinear.report(result, None)))
+    assert np.all(np.isfinite(result.r2))
 
 
 @pytest.mark.slow

@@ -17,9 +17,9 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from simulations import data, losses
-from simulations.models import relu_head as rh
-from simulations.experiments.downstream import probe_layers, probe_representations
 from simulations.flow import FlowOptions
+from simulations.models import relu_head as rh
+from simulations.probe import probe_layers, probe_representations
 
 A_DIAG, B_DIAG = (1.9, 0.8, 0.3, 0.1), (2.0, 1.0, 0.5, 0.5)
 # Float64 algebra of a few dozen operations.

@@ -18,13 +18,15 @@ import pytest
 
 import theory
 from simulations import losses
-from simulations.models import relu
-from simulations.data import mixtures as sdata
 from simulations import losses as slosses
 from simulations.__main__ import main as cli_main
-from simulations.experiments import supervised
-from simulations.experiments.supervised import (LinearSupervisedConfig, SupervisedConfig, run_linear_supervised,
-                                                run_supervised_batch, shape_key)
+from simulations.commands import run_configs
+from simulations.data import mixtures as sdata
+from simulations.experiment import point
+from simulations.experiments import supervised, supervised_common
+from simulations.experiments.linear_supervised import LinearSupervisedConfig, run_linear_supervised
+from simulations.experiments.supervised import EXPERIMENT, SupervisedConfig, shape_key
+from simulations.models import relu
 from theory import supervised as st
 
 # Exact algebra (vectorized vs naive loops, closed forms vs each other): float64 rounding.
@@ -221,14 +223,15 @@ def test_linear_theory_matches_gradient_flow(loss):
 @pytest.fixture(scope="module")
 def contract_runs():
     """Per seed, the CLI's three runs (batched exactly as the CLI batches them)."""
-    return {seed: supervised.run_contract(supervised.contract_configs(quick=True, seed=seed))
+    return {seed: dict(zip(supervised.ARMS, run_configs(EXPERIMENT, supervised.build({"seed": seed}, True))))
             for seed in CONTRACT_SEEDS}
 
 
 def test_relu_fine_labels_survive_below_and_collapse_above_the_head(contract_runs):
-    table = {name: {layer: np.array([contract_runs[s][name][layer]["fine_r2"] for s in CONTRACT_SEEDS])
+    table = {name: {layer: np.array([getattr(contract_runs[s][name], layer).fine_r2 for s in CONTRACT_SEEDS])
                     for layer in ("pre", "post")} for name in ("supcon", "cross_entropy")}
-    spread = {name: {layer: (v.min().round(3), v.max().round(3)) for layer, v in t.items()} for name, t in table.items()}
+    spread = {name: {layer: (v.min().round(3), v.max().round(3)) for layer, v in t.items()}
+              for name, t in table.items()}
     print(f"fine-label R^2 (min, max) over seeds {CONTRACT_SEEDS}: {spread}")
     for name, layers in table.items():
         assert np.all(layers["pre"] >= PRE_MIN_R2), (name, layers["pre"])
@@ -236,13 +239,13 @@ def test_relu_fine_labels_survive_below_and_collapse_above_the_head(contract_run
 
 
 def test_shift_worst_group_is_higher_below_the_head(contract_runs):
-    pre = np.array([contract_runs[s]["shift"]["pre"]["worst_group"] for s in CONTRACT_SEEDS])
-    post = np.array([contract_runs[s]["shift"]["post"]["worst_group"] for s in CONTRACT_SEEDS])
+    pre = np.array([contract_runs[s]["shift"].pre.worst_group for s in CONTRACT_SEEDS])
+    post = np.array([contract_runs[s]["shift"].post.worst_group for s in CONTRACT_SEEDS])
     print(f"shift worst-group pre {pre.round(3)} post {post.round(3)}")
     assert np.all(pre > post)
     # The mechanism: z's retrained readout weighs the spurious feature like the head's top direction does.
-    ratios = np.array([[contract_runs[s]["shift"]["weights"][k] for k in ("pre_spurious_ratio", "post_spurious_ratio")]
-                       for s in CONTRACT_SEEDS])
+    ratios = np.array([[contract_runs[s]["shift"].weights.pre_spurious_ratio,
+                        contract_runs[s]["shift"].weights.post_spurious_ratio] for s in CONTRACT_SEEDS])
     assert np.all(ratios[:, 1] > 3 * ratios[:, 0])
 
 
@@ -251,12 +254,17 @@ def test_cli_prints_the_contract_json(contract_runs):
     with redirect_stdout(buffer):
         assert cli_main(["supervised", "--quick", "--seed", "2", "--json"]) == 0
     payload = json.loads(buffer.getvalue())
-    assert set(payload) == {"supcon", "cross_entropy", "shift"}
+    assert set(payload) == {"supcon", "cross_entropy", "shift", "diagnostics"}
+    for name in supervised.ARMS:  # whether each run's training settled
+        diagnostics = payload["diagnostics"][name]
+        assert diagnostics["steps"] == SupervisedConfig.quick().steps and np.isfinite(diagnostics["final_loss"])
+    assert payload["diagnostics"]["supcon"]["classifier_worst_group"] is None  # no classifier is trained
     for name in ("supcon", "cross_entropy"):
         assert set(payload[name]) == {"pre", "post"}
         for layer in ("pre", "post"):
             assert set(payload[name][layer]) == {"fine"}
-            assert payload[name][layer]["fine"] == pytest.approx(contract_runs[2][name][layer]["fine_r2"], abs=EXACT)
+            assert payload[name][layer]["fine"] == pytest.approx(getattr(contract_runs[2][name], layer).fine_r2,
+                                                                 abs=EXACT)
     for layer in ("pre", "post"):
         assert set(payload["shift"][layer]) == {"worst_group", "average"}
         assert 0.0 <= payload["shift"][layer]["worst_group"] <= payload["shift"][layer]["average"] <= 1.0
@@ -292,22 +300,23 @@ def test_batch_result_does_not_depend_on_the_rest_of_the_batch():
     tiny = dict(steps=50, n_probe=64, n_test=64, width=8, head_dim=4, batch_size=32)
     a = SupervisedConfig(seed=1, **tiny)
     b = SupervisedConfig(seed=2, loss="cross_entropy", init_scale=0.2, **tiny)
-    alone = run_supervised_batch([a])[0]
-    together = run_supervised_batch([b, a])[1]
+    alone = point(supervised.run_batch([a]), 0)
+    together = point(supervised.run_batch([b, a]), 1)
     for layer in ("pre", "post"):
         for field in ("fine_r2", "worst_group"):
-            assert alone[layer][field] == pytest.approx(together[layer][field], abs=1e-9)
-    np.testing.assert_allclose(alone["losses"], together["losses"], atol=1e-9)
+            assert getattr(getattr(alone, layer), field) == pytest.approx(getattr(getattr(together, layer), field),
+                                                                          abs=1e-9)
+    np.testing.assert_allclose(alone.losses, together.losses, atol=1e-9)
 
 
 def test_apply_network_matches_relu_and_linear():
     net = relu.init_relu(jax.random.PRNGKey(0), 5, 7, 3, init_scale=1.0)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
-    h, z = supervised.apply_network(net, x, "relu")
+    h, z = supervised_common.apply_network(net, x, "relu")
     h_ref, z_ref = relu.apply_relu(net, x)
     np.testing.assert_allclose(h, h_ref, atol=EXACT)
     np.testing.assert_allclose(z, z_ref, atol=EXACT)
-    h_lin, z_lin = supervised.apply_network(net, x, "linear")
+    h_lin, z_lin = supervised_common.apply_network(net, x, "linear")
     np.testing.assert_allclose(h_lin, x @ net.encoder.T, atol=EXACT)
     np.testing.assert_allclose(z_lin, x @ net.encoder.T @ net.head.T, atol=EXACT)
 

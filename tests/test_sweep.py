@@ -1,4 +1,4 @@
-"""The sweep engine (simulations/sweep.py) and `python -m simulations sweep`.
+"""The sweep engine (simulations/sweep/) and `python -m simulations sweep`.
 
 Exact checks only (no tolerances except the sharded-placement one below): changing swept values
 never recompiles (a compile counter), padding never changes other points, the same seed gives
@@ -25,6 +25,8 @@ import pytest
 from simulations import sweep
 from simulations.experiments import downstream, weighting
 
+WEIGHTING = weighting.EXPERIMENT
+
 REPO = Path(__file__).resolve().parents[1]
 # A subprocess imports JAX and compiles the batched solve (~10-30 s on 2 loaded cores); generous cap.
 TIMEOUT_S = 600
@@ -46,7 +48,7 @@ def base_sweep(tmp_path_factory):
     """4 quick weighting points (2 init scales x 2 seeds) as one chunk, and its compile count."""
     out = tmp_path_factory.mktemp("sweep") / "base"
     with sweep.CompileCounter() as counter:
-        summary = sweep.run_sweep(weighting, out, axes=AXES, seeds=2, quick=True, chunk_size=4, progress=False)
+        summary = sweep.run_sweep(WEIGHTING, out, axes=AXES, seeds=2, quick=True, chunk_size=4, progress=False)
     return out, summary, counter
 
 
@@ -60,9 +62,8 @@ def test_sweep_runs_and_loads(base_sweep):
     # The sweep's points are the experiment's own runs (seed varies fastest). Placed on the device
     # like the split placement's slices, so test_split_placement_equals_one_device reuses the program.
     one_device = sweep.make_place(sweep.point_sharding(jax.devices()[:1], 1))
-    single = weighting.run_weighting_batch([weighting.WeightingConfig.quick(init_scale=0.4, seed=1)],
-                                           place=one_device)[0]
-    assert np.array_equal(arrays["measured"][3], single["measured"])
+    single = weighting.run_batch([weighting.WeightingConfig.quick(init_scale=0.4, seed=1)], place=one_device)
+    assert np.array_equal(arrays["measured"][3], single.measured[0])
     provenance = records[0]["provenance"]
     for key in ("library_version", "git_commit", "git_dirty", "python", "packages", "device", "precision"):
         assert key in provenance
@@ -74,7 +75,7 @@ def test_changing_values_never_recompiles(base_sweep, tmp_path):
     _, _, first = base_sweep
     assert first.count > 0  # the counter sees compilations at all (the first sweep compiled)
     with sweep.CompileCounter() as counter:
-        summary = sweep.run_sweep(weighting, tmp_path / "other", axes=[("init_scale", [0.25, 0.45])], seeds=2,
+        summary = sweep.run_sweep(WEIGHTING, tmp_path / "other", axes=[("init_scale", [0.25, 0.45])], seeds=2,
                                   quick=True, chunk_size=4, progress=False)
     assert summary.completed == 4
     assert counter.count == 0, counter.names
@@ -86,7 +87,7 @@ def test_padding_does_not_change_other_points(base_sweep, tmp_path):
     out, _, _ = base_sweep
     full, _ = sweep.load_sweep(out)
     trimmed = tmp_path / "three"
-    summary = sweep.run_sweep(weighting, trimmed, axes=[("seed", [0, 1, 2])], quick=True, chunk_size=4,
+    summary = sweep.run_sweep(WEIGHTING, trimmed, axes=[("seed", [0, 1, 2])], quick=True, chunk_size=4,
                               progress=False)
     assert summary.total == 3
     three, _ = sweep.load_sweep(trimmed)
@@ -96,7 +97,7 @@ def test_padding_does_not_change_other_points(base_sweep, tmp_path):
 
 def test_same_seed_is_bit_identical(base_sweep, tmp_path):
     out, _, _ = base_sweep
-    sweep.run_sweep(weighting, tmp_path / "again", axes=AXES, seeds=2, quick=True, chunk_size=4, progress=False)
+    sweep.run_sweep(WEIGHTING, tmp_path / "again", axes=AXES, seeds=2, quick=True, chunk_size=4, progress=False)
     assert _equal(sweep.load_sweep(out)[0], sweep.load_sweep(tmp_path / "again")[0])
 
 
@@ -107,24 +108,24 @@ def test_split_placement_equals_one_device(base_sweep):
     arrays, records = sweep.load_sweep(out)
     configs = [weighting.WeightingConfig(**r["config"]) for r in records]
     device = jax.devices()[0]
-    split = sweep._run_chunk(weighting.run_weighting_batch, configs, [device] * 4, "split")
-    assert np.array_equal(np.stack([r["measured"] for r in split]), arrays["measured"])
+    split = sweep.run_chunk(weighting.run_batch, configs, [device] * 4, "split")
+    assert np.array_equal(split.measured, arrays["measured"])
 
 
 def test_shape_changing_fields_form_groups():
-    plan = sweep.plan_sweep(weighting, axes=[("depth", [1, 2]), ("init_scale", [0.2, 0.3, 0.4])], seeds=3,
+    plan = sweep.plan_sweep(WEIGHTING, axes=[("depth", [1, 2]), ("init_scale", [0.2, 0.3, 0.4])], seeds=3,
                             chunk_size=4)
     assert plan.total == 18 and len(plan.groups) == 2
     assert [c.points for c in plan.chunks[:3]] == [(0, 1, 2, 3), (4, 5, 6, 7), (8,)]
     assert all(plan.configs[i].depth == 2 for c in plan.chunks if c.group == 1 for i in c.points)
-    presets = sweep.plan_sweep(downstream, axes=[("preset", ["default", "ratios4"])], chunk_size=2)
+    presets = sweep.plan_sweep(downstream.EXPERIMENT, axes=[("preset", ["default", "ratios4"])], chunk_size=2)
     assert len(presets.groups) == 2 and presets.configs[1].pos_cov == (0.9, 0.7, 0.5, 0.3)
 
 
 def test_parse_axes_types():
     raw = [("set", "depth=1,2"), ("vector", "pos_cov=0.9,0.5,0.8"), ("set", "width=none,3"),
            ("vector", "pos-cov=0.8,0.5,0.9"), ("preset", "default"), ("set", "init=balanced,aligned")]
-    axes = sweep.parse_axes(weighting, raw)
+    axes = sweep.parse_axes(WEIGHTING, raw)
     assert axes == [("depth", [1, 2]), ("pos_cov", [(0.9, 0.5, 0.8), (0.8, 0.5, 0.9)]), ("width", [None, 3]),
                     ("preset", ["default"]), ("init", ["balanced", "aligned"])]
 
@@ -132,10 +133,10 @@ def test_parse_axes_types():
 def test_refuses_different_arguments(base_sweep):
     out, _, _ = base_sweep
     with pytest.raises(ValueError, match="different arguments"):
-        sweep.run_sweep(weighting, out, axes=AXES, seeds=3, quick=True, chunk_size=4, progress=False)
+        sweep.run_sweep(WEIGHTING, out, axes=AXES, seeds=3, quick=True, chunk_size=4, progress=False)
     with pytest.raises(ValueError, match="different arguments"):
-        sweep.run_sweep(weighting, out, axes=AXES, seeds=2, quick=True, chunk_size=2, progress=False)
-    again = sweep.run_sweep(weighting, out, axes=AXES, seeds=2, quick=True, progress=False)  # manifest's chunks
+        sweep.run_sweep(WEIGHTING, out, axes=AXES, seeds=2, quick=True, chunk_size=2, progress=False)
+    again = sweep.run_sweep(WEIGHTING, out, axes=AXES, seeds=2, quick=True, progress=False)  # manifest's chunks
     assert again.as_json() == {"completed": 0, "skipped": 4, "total": 4}
 
 
@@ -148,6 +149,70 @@ def test_unfinished_sweep_does_not_load(base_sweep, tmp_path):
         sweep.load_sweep(partial)
     arrays, records = sweep.load_sweep(partial, allow_partial=True)
     assert records == [] and list(arrays["measured"]) == []
+
+
+
+def test_dataset_has_named_dimensions_and_swept_coordinates(base_sweep):
+    out, _, _ = base_sweep
+    arrays, records = sweep.load_sweep(out)
+    dataset = sweep.load_sweep_dataset(out)
+    assert dataset["measured"].dims == ("point", "layer", "feature")
+    assert dataset["effective_rank"].dims == ("point", "layer")
+    assert dataset["diagnostics.converged"].dims == ("point",)
+    assert dict(dataset.sizes) == {"point": 4, "layer": 2, "feature": 3}
+    for path, values in arrays.items():  # the same numbers as the plain arrays, bit for bit
+        assert np.array_equal(dataset[path].values, values, equal_nan=True), path
+    assert dataset["init_scale"].dims == ("point",) and dataset["seed"].dims == ("point",)
+    assert dataset["init_scale"].values.tolist() == [r["axes"]["init_scale"] for r in records] == [0.3, 0.3, 0.4, 0.4]
+    assert dataset["seed"].values.tolist() == [0, 1, 0, 1]
+    assert dataset["point"].values.tolist() == [0, 1, 2, 3]
+    assert dataset.attrs["experiment"] == "weighting"
+    loss = arrays["diagnostics.loss"]
+    by_scale = dataset["diagnostics.loss"].groupby("init_scale").mean()  # labelled analysis works directly
+    assert by_scale["init_scale"].values.tolist() == [0.3, 0.4]
+    assert np.array_equal(by_scale.values, [loss[:2].mean(), loss[2:].mean()])
+
+
+def test_summary_command_tabulates_mean_and_std_against_a_field(base_sweep, tmp_path, capsys):
+    from simulations.__main__ import main
+
+    out, _, _ = base_sweep
+    arrays, _ = sweep.load_sweep(out)
+    loss = arrays["diagnostics.loss"]
+    plot = tmp_path / "summary.png"
+    assert main(["sweep", "summary", str(out), "--metric", "diagnostics.loss", "--by", "init_scale", "--json",
+                 "--plot", str(plot)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1  # exactly one JSON object
+    summary = json.loads(captured.out)
+    assert summary["metric"] == "diagnostics.loss" and summary["by"] == "init_scale"
+    assert [row["value"] for row in summary["rows"]] == [0.3, 0.4]
+    assert [row["count"] for row in summary["rows"]] == [2, 2]
+    for row, points in zip(summary["rows"], (loss[:2], loss[2:])):
+        assert row["mean"] == float(np.mean(points)) and row["std"] == float(np.std(points, ddof=1))
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["sweep", "summary", str(out), "--metric", "diagnostics.converged", "--by", "seed"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:4] == ["seed", "mean", "std", "n"]
+    assert [line.split()[0] for line in lines[1:]] == ["0", "1"]
+    assert all(float(line.split()[1]) == 1.0 for line in lines[1:])  # every point converged
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--metric", "measured", "--by", "init_scale"], "scalar"),
+    (["--metric", "nosuch", "--by", "init_scale"], "nosuch"),
+    (["--metric", "diagnostics.loss", "--by", "depth"], "depth"),
+    (["--metric", "diagnostics.loss"], "--by"),
+])
+def test_summary_bad_input_is_one_line_exit_2(base_sweep, flags, expected, capsys):
+    from simulations.__main__ import main
+
+    out, _, _ = base_sweep
+    assert main(["sweep", "summary", str(out), *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], captured.err
 
 
 BAD_CLI = {
@@ -169,6 +234,12 @@ BAD_CLI = {
     "non-integer-seeds": (["weighting", "--out", "{out}", "--seeds", "two"], "--seeds"),
     "missing-out": (["weighting"], "--out"),
     "bad-placement": (["weighting", "--out", "{out}", "--placement", "everywhere"], "--placement"),
+    "bad-engine": (["weighting", "--out", "{out}", "--engine", "ray"], "--engine"),
+    "scheduler-without-dask": (["weighting", "--out", "{out}", "--scheduler", "tcp://localhost:8786"], "--engine"),
+    "workers-zero": (["weighting", "--out", "{out}", "--engine", "dask", "--workers", "0"], "workers"),
+    "workers-and-scheduler": (["weighting", "--out", "{out}", "--engine", "dask", "--workers", "2", "--scheduler",
+                               "tcp://localhost:8786"], "workers"),
+    "negative-retries": (["weighting", "--out", "{out}", "--engine", "dask", "--retries", "-1"], "retries"),
 }
 
 
@@ -297,7 +368,7 @@ FOUR_DEVICES = textwrap.dedent("""
     from simulations.experiments import weighting
     out, placements = sys.argv[1], sys.argv[2].split(",")
     spans = set()
-    make_place = sweep.make_place
+    make_place = sweep.run.make_place  # the module run_sweep calls it from
     def recording(sharding):
         place = make_place(sharding)
         def wrapped(tree):
@@ -305,10 +376,10 @@ FOUR_DEVICES = textwrap.dedent("""
             spans.update(len(leaf.sharding.device_set) for leaf in jax.tree_util.tree_leaves(placed))
             return placed
         return wrapped
-    sweep.make_place = recording
+    sweep.run.make_place = recording
     arrays = {}
     for name, devices, placement in [("one", 1, "split")] + [(p, 4, p) for p in placements]:
-        summary = sweep.run_sweep(weighting, f"{out}/{name}", axes=[("init_scale", [0.3, 0.4])], seeds=2,
+        summary = sweep.run_sweep(weighting.EXPERIMENT, f"{out}/{name}", axes=[("init_scale", [0.3, 0.4])], seeds=2,
                                   quick=True, chunk_size=4, devices=jax.devices()[:devices],
                                   placement=placement, progress=False)
         assert summary.devices == devices, summary
@@ -345,3 +416,76 @@ def test_four_devices_sharded_agrees_with_one(environment, tmp_path):
     report = _four_devices(["sharded"], environment, tmp_path)
     assert 4 in report["spans"], report
     assert report["sharded_max_weight_diff"] < SHARDED_WEIGHT_ATOL, report
+
+
+# ----------------------------------------------------------------------------------------------
+# The dask engine: a LocalCluster of two worker processes, one of which is killed mid-sweep.
+
+def _exit_on_first_try(marker: str, run_batch, configs, *, place=None):
+    """run_batch that kills its worker process (os._exit) the first time it sees point (0.4, seed 0)."""
+    if configs[0].init_scale == 0.4 and configs[0].seed == 0:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # exactly one process dies, once
+        except FileExistsError:
+            pass
+        else:
+            os._exit(17)
+    return run_batch(configs, place=place)
+
+
+def test_dask_engine_survives_a_killed_worker_and_is_bit_identical(reference_run, environment, monkeypatch):
+    """Two worker processes, the reference sweep's 4 chunks; a worker dies inside a chunk, which is
+    rerun; the arrays and the manifest equal the in-process engine's (the CLI reference run), bit for bit."""
+    pytest.importorskip("distributed")
+    import functools
+
+    import cloudpickle
+
+    reference, _, result, _ = reference_run
+    assert result.returncode == 0, result.stderr
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import this file
+    # The workers' compile cache: the reference run's, so they load its programs instead of compiling.
+    monkeypatch.setenv("PROJECTION_HEAD_JAX_CACHE", environment["PROJECTION_HEAD_JAX_CACHE"])
+    out = reference.parent / "dask"
+    marker = reference.parent / "killed"
+    dying = WEIGHTING._replace(run_batch=functools.partial(_exit_on_first_try, str(marker), WEIGHTING.run_batch))
+    started = time.perf_counter()
+    summary = sweep.run_sweep(dying, out, axes=AXES, seeds=4, quick=True, chunk_size=2, engine="dask", workers=2,
+                              progress=False)
+    seconds = time.perf_counter() - started
+    assert marker.exists()  # a worker process did die inside a chunk
+    assert summary.as_json() == {"completed": 8, "skipped": 0, "total": 8} and summary.chunks_run == 4
+    assert _equal(sweep.load_sweep(out)[0], sweep.load_sweep(reference)[0])
+    assert (out / sweep.MANIFEST).read_text() == (reference / sweep.MANIFEST).read_text()
+    assert not any(path.name.endswith(".tmp") for path in out.iterdir())
+    # Either engine finishes the other's sweep: the engine is not one of the sweep's arguments.
+    again = sweep.run_sweep(WEIGHTING, reference, axes=AXES, seeds=4, quick=True, engine="dask", workers=1,
+                            progress=False)
+    assert again.as_json() == {"completed": 0, "skipped": 8, "total": 8}
+    print(f"dask sweep with a killed worker: {seconds:.1f} s")
+
+
+def test_dask_engine_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="engine"):
+        sweep.run_sweep(WEIGHTING, tmp_path / "a", engine="ray", progress=False)
+    with pytest.raises(ValueError, match="dask"):
+        sweep.run_sweep(WEIGHTING, tmp_path / "b", workers=2, progress=False)
+    with pytest.raises(ValueError, match="process"):
+        sweep.run_sweep(WEIGHTING, tmp_path / "c", engine="dask", process_index=0, process_count=2, progress=False)
+    with pytest.raises(ValueError, match="retries"):
+        sweep.run_sweep(WEIGHTING, tmp_path / "d", engine="dask", retries=-1, progress=False)
+    assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+@pytest.mark.slow
+def test_cli_dask_engine_json_contract(reference_run, environment, tmp_path):
+    """``--engine dask --workers 2``: the same one-line JSON, then a bit-identical sweep directory."""
+    pytest.importorskip("distributed")
+    reference, flags, _, _ = reference_run
+    out = tmp_path / "dask"
+    flags = [flag if flag != str(reference) else str(out) for flag in flags]
+    result = _sweep_cli(flags + ["--engine", "dask", "--workers", "2", "--json"], environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == {"completed": 8, "skipped": 0, "total": 8}
+    assert result.stdout.count("\n") == 1
+    assert _equal(sweep.load_sweep(out)[0], sweep.load_sweep(reference)[0])

@@ -6,6 +6,7 @@ finite differences, generalized eigenvalues, brute-force grids and test-local bi
 
 import numpy as np
 import pytest
+from helpers import psd_sqrt, random_general_moments, random_orthogonal
 
 from theory import (
     FixedPoints,
@@ -17,6 +18,7 @@ from theory import (
     fixed_points,
     global_minimum_weights,
     global_threshold,
+    layer_grams,
     layer_weights,
     learned_features,
     optimal_gram,
@@ -49,27 +51,6 @@ RNG_SEED = 0
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _random_orthogonal(rng, d):
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    return q * np.sign(np.diag(r))
-
-
-def _random_general_moments(rng, d):
-    """A valid non-diagonal pair: B SPD, A = B^(1/2) C B^(1/2) with eig(C) in (-1, 1)."""
-    q = _random_orthogonal(rng, d)
-    b = q @ np.diag(rng.uniform(0.5, 2.0, d)) @ q.T
-    eig_b, vec_b = np.linalg.eigh(b)
-    b_sqrt = (vec_b * np.sqrt(eig_b)) @ vec_b.T
-    p = _random_orthogonal(rng, d)
-    c = p @ np.diag(rng.uniform(-0.9, 0.9, d)) @ p.T
-    return b_sqrt @ c @ b_sqrt, b
-
-
-def _psd_sqrt(matrix):
-    eig, vec = np.linalg.eigh(matrix)
-    return (vec * np.sqrt(np.clip(eig, 0.0, None))) @ vec.T
 
 
 def _loss_gradient(w, a, b):
@@ -154,7 +135,7 @@ def test_rotated_problem_rotates_the_optimum(width):
     """A' = Q A Q^T, B' = Q B Q^T (general path) gives G' = Q G Q^T (diagonal path)."""
     rng = np.random.default_rng(RNG_SEED)
     a, b = _diagonal_problem()
-    q = _random_orthogonal(rng, a.size)
+    q = random_orthogonal(rng, a.size)
     a_rot, b_rot = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
     gram = optimal_gram(a, b, width)
     np.testing.assert_allclose(optimal_gram(a_rot, b_rot, width), q @ gram @ q.T, atol=EXACT)
@@ -174,7 +155,7 @@ def test_rotated_problem_rotates_the_optimum(width):
 def test_optimal_gram_is_a_stationary_minimum(width):
     rng = np.random.default_rng(RNG_SEED + 1)
     d = 6
-    a, b = _random_general_moments(rng, d)
+    a, b = random_general_moments(rng, d)
     gram = optimal_gram(a, b, width)
     eig, vec = np.linalg.eigh(gram)
     rank = int(np.sum(eig > EXACT))
@@ -201,13 +182,13 @@ def test_optimal_gram_is_a_stationary_minimum(width):
 def test_optimal_loss_equals_top_generalized_eigenvalues():
     """Eigenvalues of C = B^(-1/2) A B^(-1/2) are those of B^(-1) A (a different computation)."""
     rng = np.random.default_rng(RNG_SEED + 2)
-    a, b = _random_general_moments(rng, 6)
+    a, b = random_general_moments(rng, 6)
     generalized = np.sort(np.linalg.eigvals(np.linalg.solve(b, a)).real)[::-1]
     for width in (None, 1, 2, 3, 6):
         kept = generalized[: width or 6]
         kept = kept[kept > 0]
         assert optimal_loss(a, b, width) == pytest.approx(-np.sum(kept**2), abs=EXACT)
-        w = _psd_sqrt(optimal_gram(a, b, width))
+        w = psd_sqrt(optimal_gram(a, b, width))
         assert spectral_loss(w, a, b) == pytest.approx(-np.sum(kept**2), abs=EXACT)
 
 
@@ -220,7 +201,7 @@ def test_diagonal_optimal_loss_is_minus_sum_of_squared_ratios():
 
 def test_spectral_loss_gradient_matches_finite_differences():
     rng = np.random.default_rng(RNG_SEED + 3)
-    a, b = _random_general_moments(rng, 4)
+    a, b = random_general_moments(rng, 4)
     w = rng.standard_normal((3, 4))
     step = 1e-6
     numeric = np.zeros_like(w)
@@ -253,7 +234,7 @@ def test_tie_at_the_width_keeps_the_lower_index():
 
 
 def test_learned_features_requires_diagonal_moments():
-    a, b = _random_general_moments(np.random.default_rng(RNG_SEED), 3)
+    a, b = random_general_moments(np.random.default_rng(RNG_SEED), 3)
     with pytest.raises(ValueError, match="pos_cov"):
         learned_features(a, b)
 
@@ -615,7 +596,7 @@ def test_bad_input_raises_naming_the_argument(function, field, value, name):
     ],
 )
 def test_dynamics_and_weight_decay_require_diagonal_moments(function):
-    a, b = _random_general_moments(np.random.default_rng(RNG_SEED), 3)
+    a, b = random_general_moments(np.random.default_rng(RNG_SEED), 3)
     with pytest.raises(ValueError, match="pos_cov"):
         function(a, b)
 
@@ -623,3 +604,38 @@ def test_dynamics_and_weight_decay_require_diagonal_moments(function):
 def test_spectral_loss_rejects_a_map_of_the_wrong_width():
     with pytest.raises(ValueError, match="end_to_end"):
         spectral_loss(np.ones((2, 3)), _A, _B)
+
+
+# --------------------------------------------------------------------------- layer Grams and module layout
+
+
+@pytest.mark.parametrize("width", [None, 2])
+def test_layer_grams_are_gram_powers_whose_diagonals_are_the_layer_weights(width):
+    a, b = random_general_moments(np.random.default_rng(RNG_SEED), 4)
+    depth = 3
+    grams = layer_grams(a, b, depth, width)
+    assert grams.shape == (depth, 4, 4)
+    np.testing.assert_allclose(grams[-1], optimal_gram(a, b, width), atol=EXACT)
+    np.testing.assert_allclose(grams[0] @ grams[1], grams[-1], atol=EXACT)  # G^(1/3) G^(2/3) = G
+    np.testing.assert_allclose(np.sqrt(np.clip(np.einsum("lii->li", grams), 0.0, None)),
+                               layer_weights(a, b, depth, width), atol=EXACT)
+
+
+def test_no_theory_module_imports_another_modules_private_name():
+    import ast
+    from pathlib import Path
+
+    import theory
+
+    offenders = []
+    for path in sorted(Path(theory.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id.endswith(
+                    "_theory"):
+                names = [node.attr]
+            offenders += [f"{path.name}:{node.lineno} {name}" for name in names
+                          if name.startswith("_") and not name.startswith("__")]
+    assert offenders == []

@@ -5,7 +5,7 @@ Kinds of check:
   Hessian of the population loss (simulations.experiments.weighting.population_loss) at aligned
   diagonal parameters; `is_local_minimum` against the same spectrum on states mixing zero,
   unstable and stable roots;
-- agreement: `stable_end_weights` against trained networks (run_weighting_batch, init
+- agreement: `stable_end_weights` against trained networks (run_batch, init
   "balanced") on random configurations whose basin state is a saddle.
 
 Simulation setting: FlowOptions(stuck_tol=0). The default stuck test (relative motion along the
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from simulations.experiment import point
 from simulations.experiments import weighting
 from simulations.flow import FlowOptions
 from theory import downstream as downstream_theory
@@ -156,8 +157,8 @@ def test_stable_end_equals_basin_exactly_where_the_basin_is_not_a_saddle():
             continue
         saddles += 1
         assert steps and all(step.rate > 0 for step in steps)
-        loss = lambda weights: np.sum(weighting._feature_losses(a, b, depth, wd, weights[0]))
-        assert loss(end) < loss(basin)
+        end_loss, basin_loss = (np.sum(weighting.feature_losses(a, b, depth, wd, w[0])) for w in (end, basin))
+        assert end_loss < basin_loss
     assert saddles >= 15
 
 
@@ -197,19 +198,20 @@ def test_stable_end_weights_match_trained_networks(d, depth, n_saddle, seed):
         if not _is_basin_saddle(*candidate[:2], depth, *candidate[2:]):
             configs.append(candidate)
             break
-    runs = weighting.run_weighting_batch(
+    batch = weighting.run_batch(
         [weighting.WeightingConfig(pos_cov=tuple(a), second_moment=tuple(b), depth=depth, weight_decay=wd,
                                    init="balanced", init_scale=init, seed=index)
          for index, (a, b, wd, init) in enumerate(configs)],
         options=FlowOptions(stuck_tol=0.0))
-    for index, ((a, b, wd, init), run) in enumerate(zip(configs, runs)):
+    for index, (a, b, wd, init) in enumerate(configs):
+        run = point(batch, index)
         predicted = wd_theory.stable_end_weights(a, b, depth, wd, init)
-        measured = run["measured"]
-        assert run["diagnostics"]["converged"] and not run["diagnostics"]["at_saddle"], (a, b, wd, init)
+        measured = run.measured
+        assert run.diagnostics.converged and not run.diagnostics.at_saddle, (a, b, wd, init)
         live = predicted > 0
         error = np.max(np.abs(measured[live] - predicted[live]) / predicted[live]) if live.any() else 0.0
         assert error < AGREEMENT, (a, b, wd, init, measured[-1], predicted[-1])
-        dead = np.sqrt(2.0 * DEAD_LOSS * max(abs(run["diagnostics"]["loss"]), 1.0) / (depth * wd))
+        dead = np.sqrt(2.0 * DEAD_LOSS * max(abs(run.diagnostics.loss), 1.0) / (depth * wd))
         assert np.all(measured[~live] < dead), (a, b, wd, init, measured[-1], predicted[-1])
         basin = wd_theory.basin_weights(a, b, depth, wd, init)
         if index < n_saddle:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulations.experiments.weighting import WeightingConfig, run_weighting, run_weighting_batch
+from simulations.experiment import point
+from simulations.experiments.weighting import WeightingConfig, run_batch, run_weighting
 from theory import linear as linear_theory
 from theory import weight_decay as wd_theory
 
@@ -54,6 +55,11 @@ def random_moments(seed, dim, *, lowest_ratio):
     return tuple(ratios * b), tuple(b)
 
 
+def _points(result, count):
+    """The per-point results of a batched run, in order."""
+    return [point(result, index) for index in range(count)]
+
+
 def _configs(dim, depth, width, seeds, *, lowest_ratio, **overrides):
     configs = []
     for seed in seeds:
@@ -82,7 +88,7 @@ SHAPES = {
 def balanced_runs(request):
     dim, depth, width, seeds, lowest = SHAPES[request.param]
     configs = _configs(dim, depth, width, seeds, lowest_ratio=lowest)
-    return configs, run_weighting_batch(configs)
+    return configs, _points(run_batch(configs), len(configs))
 
 
 def _check_agreement(config, result):
@@ -90,14 +96,14 @@ def _check_agreement(config, result):
     width = min(config.widths)
     learned = linear_theory.learned_features(a, b, width)
     assert learned.any()
-    diagnostics = result["diagnostics"]
-    assert diagnostics["converged"], diagnostics
-    measured, predicted = result["measured"], result["predicted"]
+    diagnostics = result.diagnostics
+    assert diagnostics.converged, diagnostics
+    measured, predicted = result.measured, result.predicted
     assert measured.shape == predicted.shape == (config.depth, config.dim)
     np.testing.assert_allclose(predicted, linear_theory.layer_weights(a, b, config.depth, width), rtol=1e-12)
     np.testing.assert_allclose(measured[:, learned], predicted[:, learned], rtol=WEIGHT_RTOL, atol=0)
-    assert diagnostics["loss"] == pytest.approx(diagnostics["predicted_loss"], rel=LOSS_RTOL)
-    assert diagnostics["predicted_loss"] == pytest.approx(linear_theory.optimal_loss(a, b, width), rel=1e-12)
+    assert diagnostics.loss == pytest.approx(diagnostics.predicted_loss, rel=LOSS_RTOL)
+    assert diagnostics.predicted_loss == pytest.approx(linear_theory.optimal_loss(a, b, width), rel=1e-12)
     return learned
 
 
@@ -107,8 +113,8 @@ def test_measured_weights_agree_with_theory(balanced_runs):
         learned = _check_agreement(config, result)
         if config.width is not None and config.width < config.dim:
             assert not learned.all()
-            assert np.max(result["measured"][:, ~learned]) <= UNLEARNED_ATOL
-        np.testing.assert_allclose(result["measured_stds"], result["measured"] * np.sqrt(config.second_moment),
+            assert np.max(result.measured[:, ~learned]) <= UNLEARNED_ATOL
+        np.testing.assert_allclose(result.measured_stds, result.measured * np.sqrt(config.second_moment),
                                    rtol=1e-12)
 
 
@@ -117,8 +123,9 @@ def test_effective_rank_agrees_with_theory(balanced_runs):
     for config, result in zip(configs, results):
         expected = linear_theory.effective_rank(config.pos_cov, config.second_moment, config.depth,
                                                 min(config.widths))
-        assert result["effective_rank"].shape == (config.depth,)
-        np.testing.assert_allclose(result["effective_rank"], expected, rtol=EFFECTIVE_RANK_RTOL)
+        assert result.effective_rank.shape == (config.depth,)
+        np.testing.assert_allclose(result.effective_rank, expected, rtol=EFFECTIVE_RANK_RTOL)
+        np.testing.assert_array_equal(result.predicted_effective_rank, expected)  # the same closed form
 
 
 def test_weight_decay_survivors_match_the_basin_prediction():
@@ -139,14 +146,15 @@ def test_weight_decay_survivors_match_the_basin_prediction():
     config = WeightingConfig(pos_cov=a, second_moment=b, depth=2, weight_decay=weight_decay, init_scale=eps)
     # Same shape as the d8-L2 batch of three: no extra compilation.
     others = _configs(8, 2, None, (12, 13), lowest_ratio=0.1)
-    result = run_weighting_batch([config, *others])[0]
-    assert result["diagnostics"]["converged"]
-    measured, predicted = result["measured"], result["predicted"]
+    result = point(run_batch([config, *others]), 0)
+    assert result.diagnostics.converged
+    measured, predicted = result.measured, result.predicted
     np.testing.assert_allclose(predicted, wd_theory.basin_weights(a, b, 2, weight_decay, eps) * survives, rtol=1e-12)
     assert survives.sum() >= 2 and (~survives).sum() >= 2
     np.testing.assert_allclose(measured[:, survives], predicted[:, survives], rtol=WEIGHT_RTOL, atol=0)
     assert np.max(measured[:, ~survives]) <= UNLEARNED_ATOL
-    assert result["diagnostics"]["loss"] == pytest.approx(result["diagnostics"]["predicted_loss"], rel=LOSS_RTOL)
+    assert result.diagnostics.loss == pytest.approx(result.diagnostics.predicted_loss, rel=LOSS_RTOL)
+    assert np.all(np.isnan(result.predicted_effective_rank))  # no closed form under weight decay
 
 
 def test_gaussian_init_error_shrinks_like_eps_squared():
@@ -154,10 +162,10 @@ def test_gaussian_init_error_shrinks_like_eps_squared():
     # Shape (d = 4, depth 2, width 6, batch of 12) as the d4-L2-w6 balanced runs: one compilation.
     configs = [WeightingConfig(pos_cov=a, second_moment=b, depth=2, width=6, init="gaussian", init_scale=eps,
                                seed=seed) for eps in GAUSSIAN_EPS for seed in range(GAUSSIAN_SEEDS)]
-    results = run_weighting_batch(configs)
+    results = _points(run_batch(configs), len(configs))
     learned = linear_theory.learned_features(a, b)
-    errors = np.array([np.max(np.abs(r["measured"][:, learned] / r["predicted"][:, learned] - 1.0)) for r in results])
-    assert all(r["diagnostics"]["converged"] for r in results)
+    errors = np.array([np.max(np.abs(r.measured[:, learned] / r.predicted[:, learned] - 1.0)) for r in results])
+    assert all(r.diagnostics.converged for r in results)
     errors = errors.reshape(len(GAUSSIAN_EPS), GAUSSIAN_SEEDS)
     ratio = errors[0].mean() / errors[1].mean()
     assert GAUSSIAN_RATE_BOUNDS[0] <= ratio <= GAUSSIAN_RATE_BOUNDS[1]
@@ -171,7 +179,7 @@ def test_gaussian_init_error_shrinks_like_eps_squared():
                          ids=["L2", "L3", "L4", "L3-w10", "L2-w20"])
 def test_measured_weights_agree_with_theory_d16(depth, width, lowest):
     configs = _configs(16, depth, width, (30, 31), lowest_ratio=lowest)
-    for config, result in zip(configs, run_weighting_batch(configs)):
+    for config, result in zip(configs, _points(run_batch(configs), len(configs))):
         _check_agreement(config, result)
 
 

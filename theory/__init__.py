@@ -1,5 +1,9 @@
 """Closed-form predictions (pure NumPy, float64) for linear contrastive learning with heads."""
 
+# The one place the package version is written: pyproject.toml reads it (dynamic version) and
+# simulations.__version__ re-exports it.
+__version__ = "0.2.0"
+
 from theory.downstream import (
     basin_is_saddle,
     decodability,
@@ -20,6 +24,7 @@ from theory.linear import (
     effective_rank,
     end_to_end_weights,
     entropy_effective_rank,
+    layer_grams,
     layer_weights,
     learned_features,
     optimal_gram,
@@ -45,6 +50,7 @@ from theory.weight_decay import (
 )
 
 __all__ = [
+    "__version__",
     "FixedHeadWeights",
     "fixed_head_weights",
     "feature_ranks",
@@ -55,6 +61,7 @@ __all__ = [
     "learned_features",
     "end_to_end_weights",
     "layer_weights",
+    "layer_grams",
     "representation_stds",
     "optimal_loss",
     "effective_rank",

@@ -73,10 +73,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from theory import linear as linear_theory
 from theory import weight_decay as wd_theory
 from theory.checks import as_finite_array, check_float, check_int
-from theory.linear import _gram_power_basis, _top_positive
-from theory.moments import validate_moments
+from theory.common import escape_end, fixed_point_peak, fixed_point_roots, rotation_saddle_mask, top_positive
 
 __all__ = [
     "variance_shares",
@@ -146,10 +146,18 @@ def variance_shares(weights, downstream_second_moment) -> np.ndarray:
     Returns:
       (..., d) nonnegative shares summing to 1 (or 0 for a zero representation).
     """
+    w = _check_weights(weights)
+    return _variance_shares(w, _check_downstream(downstream_second_moment, w.shape))
+
+
+def _check_weights(weights) -> np.ndarray:
     w = as_finite_array("weights", weights)
     if w.ndim == 0:
         raise ValueError(f"weights must have a feature axis, got shape {w.shape}")
-    b_ds = _check_downstream(downstream_second_moment, w.shape)
+    return w
+
+
+def _variance_shares(w, b_ds):
     variances = w**2 * b_ds
     total = variances.sum(axis=-1, keepdims=True)
     return np.where(total > 0, variances / np.where(total > 0, total, 1.0), 0.0)
@@ -170,16 +178,17 @@ def probe_risk(weights, downstream_second_moment, target, ridge) -> np.ndarray:
     Returns:
       (...) MSE in [0, 1]; a float for a single layer.
     """
-    w = as_finite_array("weights", weights)
-    if w.ndim == 0:
-        raise ValueError(f"weights must have a feature axis, got shape {w.shape}")
+    w = _check_weights(weights)
     target = _check_target(target, w.shape[-1])
     ridge = _check_ridge(ridge)
-    _check_downstream(downstream_second_moment, w.shape, target)
-    q = variance_shares(w, downstream_second_moment)[..., target]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        risk = np.where(q + ridge > 0, (ridge / np.where(q + ridge > 0, q + ridge, 1.0)) ** 2, 1.0)
+    risk = _probe_risk(w, _check_downstream(downstream_second_moment, w.shape, target), target, ridge)
     return float(risk) if risk.ndim == 0 else risk
+
+
+def _probe_risk(w, b_ds, target, ridge):
+    q = _variance_shares(w, b_ds)[..., target]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(q + ridge > 0, (ridge / np.where(q + ridge > 0, q + ridge, 1.0)) ** 2, 1.0)
 
 
 def decodability(weights, downstream_second_moment, target, ridge) -> np.ndarray:
@@ -213,8 +222,10 @@ def population_ridge_risk(covariance, cross_cov, target_var, ridge) -> float:
     c = as_finite_array("cross_cov", cross_cov, ndim=1)
     if C.shape != (c.size, c.size):
         raise ValueError(f"covariance must have shape ({c.size}, {c.size}) to match cross_cov, got {C.shape}")
-    target_var = check_float("target_var", target_var, minimum=0.0)
-    ridge = _check_ridge(ridge)
+    return _ridge_risk(C, c, check_float("target_var", target_var, minimum=0.0), _check_ridge(ridge))
+
+
+def _ridge_risk(C, c, target_var, ridge):
     eigenvalues, vectors = np.linalg.eigh((C + C.T) / 2)
     eigenvalues = np.clip(eigenvalues, 0.0, None)
     shifted = eigenvalues + ridge
@@ -250,9 +261,13 @@ def general_probe_risk(layer_gram, downstream_second_moment, target, ridge) -> f
       float.
     """
     gram = as_finite_array("layer_gram", layer_gram, ndim=2)
-    d = gram.shape[0]
-    if gram.shape != (d, d):
+    if gram.shape != (gram.shape[0],) * 2:
         raise ValueError(f"layer_gram must be square, got shape {gram.shape}")
+    return _general_probe_risk(gram, *_check_general(gram.shape[0], downstream_second_moment, target, ridge))
+
+
+def _check_general(d, downstream_second_moment, target, ridge):
+    """(Sigma (d, d), u (d,), u^T Sigma u, ridge) for `general_probe_risk`."""
     sigma = as_finite_array("downstream_second_moment", downstream_second_moment)
     sigma = np.diag(sigma) if sigma.ndim == 1 else sigma
     if sigma.shape != (d, d):
@@ -269,12 +284,16 @@ def general_probe_risk(layer_gram, downstream_second_moment, target, ridge) -> f
     target_var = float(u @ sigma @ u)
     if target_var <= 0:
         raise ValueError("target must have positive downstream variance")
+    return sigma, u, target_var, ridge
+
+
+def _general_probe_risk(gram, sigma, u, target_var, ridge):
     M = _psd_sqrt(gram)
     K = M @ sigma @ M
     total = float(np.trace(K))
     if total <= 0:
         return 1.0
-    return population_ridge_risk(K / total, M @ sigma @ u / np.sqrt(total * target_var), 1.0, ridge)
+    return _ridge_risk(K / total, M @ sigma @ u / np.sqrt(total * target_var), 1.0, ridge)
 
 
 def general_layer_risks(pos_cov, second_moment, depth, downstream_second_moment, target, ridge,
@@ -286,16 +305,10 @@ def general_layer_risks(pos_cov, second_moment, depth, downstream_second_moment,
     Returns:
       (depth + 1,) MSE per layer, layer 0 first.
     """
-    depth = check_int("depth", depth, minimum=1)
-    moments = validate_moments(pos_cov, second_moment)
-    width = None if width is None else check_int("width", width, minimum=1)
-    basis, singular_values = _gram_power_basis(moments, width)
-    d = moments.pos_cov.shape[0]
-    risks = [general_probe_risk(np.eye(d), downstream_second_moment, target, ridge)]
-    for layer in range(1, depth + 1):
-        gram = (basis * singular_values ** (2 * layer / depth)) @ basis.T
-        risks.append(general_probe_risk(gram, downstream_second_moment, target, ridge))
-    return np.asarray(risks)
+    grams = linear_theory.layer_grams(pos_cov, second_moment, depth, width)
+    d = grams.shape[-1]
+    checked = _check_general(d, downstream_second_moment, target, ridge)
+    return np.asarray([_general_probe_risk(gram, *checked) for gram in (np.eye(d), *grams)])
 
 
 # --------------------------------------------------------------------------- trained weights
@@ -309,7 +322,7 @@ def _sigma(a, b, depth, weight_decay, init_scale):
     functions validate (d,) moments through d x d matrices, which a 10^5-point map cannot afford.
     tests/test_downstream.py checks the two agree.
     """
-    v_unstable, v_stable, double = wd_theory._roots_v(a, b, depth, weight_decay)
+    v_unstable, v_stable, double = fixed_point_roots(a, b, depth, weight_decay)
     stable = np.sqrt(np.where(double, np.nan, v_stable))
     if init_scale is not None:
         unstable = np.sqrt(np.where(double, np.nan, v_unstable))
@@ -317,7 +330,7 @@ def _sigma(a, b, depth, weight_decay, init_scale):
     if depth == 1:
         threshold = np.clip(4.0 * a, 0.0, None)
     else:
-        threshold = wd_theory._peak(a, b, depth)[1] * 2.0 ** ((depth - 1) / depth) / depth
+        threshold = fixed_point_peak(a, b, depth)[1] * 2.0 ** ((depth - 1) / depth) / depth
     return np.where(weight_decay < threshold, np.nan_to_num(stable), 0.0)
 
 
@@ -334,16 +347,16 @@ def _end_to_end(a, b, depth, weight_decay, init_scale, width, escape=True):
         else:
             s[index] = _sigma(a[index], b[index], depth, value, init_scale) ** depth
     if width is not None and width < a.shape[-1]:
-        keep = np.apply_along_axis(lambda r: _top_positive(r, width), -1, a / b)
+        keep = np.apply_along_axis(lambda r: top_positive(r, width), -1, a / b)
         s = np.where(keep, s, 0.0)
     elif escape and init_scale is not None:
         # Randomly oriented flows leave basin states that are saddles of the full network; only
         # those (usually few) grid points need the sequential escape analysis.
-        saddle = np.asarray(wd_theory.rotation_saddle(a, b, s) & (wd[..., 0] > 0))
+        saddle = np.asarray(rotation_saddle_mask(a, b, s) & (wd[..., 0] > 0))
         for index in np.argwhere(saddle):
             index = tuple(index)
-            s[index] = wd_theory.stable_end_weights(a[index], b[index], depth, float(wd[index][0]),
-                                                    init_scale)[-1]
+            s[index] = escape_end(a[index], b[index], depth, float(wd[index][0]), init_scale,
+                                  "feature_layer_weights")[0][-1]
     return s
 
 
@@ -370,6 +383,13 @@ def feature_layer_weights(pos_cov, second_moment, depth, *, weight_decay=0.0, in
     Returns:
       (depth + 1, ..., d).
     """
+    checked = _check_trained(pos_cov, second_moment, check_int("depth", depth, minimum=1), weight_decay,
+                             init_scale, width)
+    return _trained_weights(*checked, bool(escape))
+
+
+def _check_trained(pos_cov, second_moment, depth, weight_decay, init_scale, width):
+    """Validated (a, b, depth, weight_decay, init_scale, width) of `feature_layer_weights` (depth checked)."""
     a = as_finite_array("pos_cov", pos_cov)
     b = as_finite_array("second_moment", second_moment)
     if a.ndim == 0 or b.ndim == 0:
@@ -379,7 +399,6 @@ def feature_layer_weights(pos_cov, second_moment, depth, *, weight_decay=0.0, in
     a, b = np.broadcast_arrays(a, b)
     if np.any(np.abs(a) > b * (1 + 1e-10)):
         raise ValueError("pos_cov must satisfy |a_i| <= b_i")
-    depth = check_int("depth", depth, minimum=1)
     wd = as_finite_array("weight_decay", weight_decay)
     if np.any(wd < 0):
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
@@ -387,7 +406,11 @@ def feature_layer_weights(pos_cov, second_moment, depth, *, weight_decay=0.0, in
         init_scale = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
     if width is not None:
         width = check_int("width", width, minimum=1)
-    s = _end_to_end(a, b, depth, wd, init_scale, width, bool(escape))
+    return a, b, depth, wd, init_scale, width
+
+
+def _trained_weights(a, b, depth, wd, init_scale, width, escape):
+    s = _end_to_end(a, b, depth, wd, init_scale, width, escape)
     exponents = np.arange(depth + 1) / depth
     return s[None] ** exponents.reshape((-1,) + (1,) * s.ndim)
 
@@ -399,10 +422,20 @@ def layer_risks(pos_cov, second_moment, target, ridge, *, downstream_second_mome
     Returns:
       (depth + 1, ...) MSE, layer 0 (raw input) first.
     """
-    weights = feature_layer_weights(pos_cov, second_moment, depth, weight_decay=weight_decay,
-                                    init_scale=init_scale, width=width, escape=escape)
+    depth = check_int("depth", depth, minimum=1)
+    return _layer_risks(pos_cov, second_moment, target, ridge, downstream_second_moment, depth, weight_decay,
+                        init_scale, width, escape)
+
+
+def _layer_risks(pos_cov, second_moment, target, ridge, downstream_second_moment, depth, weight_decay,
+                 init_scale, width, escape):
+    """`layer_risks` with depth already checked; validates everything else once."""
+    checked = _check_trained(pos_cov, second_moment, depth, weight_decay, init_scale, width)
+    weights = _trained_weights(*checked, bool(escape))
+    target = _check_target(target, weights.shape[-1])
+    ridge = _check_ridge(ridge)
     b_ds = second_moment if downstream_second_moment is None else downstream_second_moment
-    return probe_risk(weights, b_ds, target, ridge)
+    return _probe_risk(weights, _check_downstream(b_ds, weights.shape, target), target, ridge)
 
 
 def basin_is_saddle(pos_cov, second_moment, end_to_end_weights) -> np.ndarray:
@@ -524,8 +557,8 @@ def pre_minus_post(pos_cov, second_moment, target, ridge, *, downstream_second_m
       (...) float.
     """
     depth, l, m = _check_layers(depth, pre_layer, post_layer)
-    risks = layer_risks(pos_cov, second_moment, target, ridge, downstream_second_moment=downstream_second_moment,
-                        depth=depth, weight_decay=weight_decay, init_scale=init_scale, escape=escape)
+    risks = _layer_risks(pos_cov, second_moment, target, ridge, downstream_second_moment, depth, weight_decay,
+                         init_scale, None, escape)
     difference = np.asarray(risks[l] - risks[m])
     return float(difference) if difference.ndim == 0 else difference
 

@@ -38,8 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from theory.checks import as_finite_array, check_float, check_int
-from theory.linear import _diagonal_moments
-from theory.weight_decay import _roots_v
+from theory.common import diagonal_moments, fixed_point_roots
 
 __all__ = ["feature_trajectories", "plateau_time"]
 
@@ -96,7 +95,7 @@ class _Flow:
         self.terms = [(depth - m, 8.0 * a), (2 * depth - m, -8.0 * b**2)]
         if weight_decay > 0:
             self.terms.append((0, np.full_like(a, -2.0 * weight_decay)))
-        v_unstable, v_stable, double = _roots_v(a, b, depth, weight_decay)
+        v_unstable, v_stable, double = fixed_point_roots(a, b, depth, weight_decay)
         roots = np.stack([np.zeros_like(a), v_unstable, v_stable])  # (3, d), nan = absent
         with np.errstate(invalid="ignore"):
             below = np.where(roots < v0, roots, -np.inf)
@@ -193,7 +192,7 @@ def feature_trajectories(pos_cov, second_moment, depth, init_scale, times, weigh
     Returns:
       (T, depth, d): entry [k, l-1, i] = sigma_i(times[k])^l, the weight of feature i at layer l.
     """
-    a, b = _diagonal_moments(pos_cov, second_moment, "feature_trajectories")
+    a, b = diagonal_moments(pos_cov, second_moment, "feature_trajectories")
     depth = check_int("depth", depth, minimum=1)
     eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
     times = as_finite_array("times", times, ndim=1)
@@ -288,7 +287,7 @@ def plateau_time(pos_cov, second_moment, depth, init_scale) -> np.ndarray:
     Returns:
       (d,) times.
     """
-    a, b = _diagonal_moments(pos_cov, second_moment, "plateau_time")
+    a, b = diagonal_moments(pos_cov, second_moment, "plateau_time")
     depth = check_int("depth", depth, minimum=1)
     eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
     positive = a > 0

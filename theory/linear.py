@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from theory.checks import as_finite_array, check_int
+from theory.common import diagonal_moments, top_positive
 from theory.moments import Moments, validate_moments
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "learned_features",
     "end_to_end_weights",
     "layer_weights",
+    "layer_grams",
     "representation_stds",
     "optimal_loss",
     "effective_rank",
@@ -52,31 +54,6 @@ def _check_width(width) -> int | None:
     return check_int("width", width, minimum=1)
 
 
-def _diagonal_moments(pos_cov, second_moment, function: str) -> tuple[np.ndarray, np.ndarray]:
-    """Validate (A, B) and return their diagonals (a, b); ValueError unless both are diagonal."""
-    moments = validate_moments(pos_cov, second_moment)
-    if not moments.diagonal:
-        raise ValueError(
-            f"pos_cov and second_moment must be diagonal (vectors or diagonal matrices) for "
-            f"{function}; got non-diagonal matrices"
-        )
-    return np.diag(moments.pos_cov).copy(), np.diag(moments.second_moment).copy()
-
-
-def _top_positive(values: np.ndarray, width: int | None) -> np.ndarray:
-    """Boolean mask of the (at most `width`) largest strictly positive entries.
-
-    Ties at the width-th value are broken toward the lower index (stable sort).
-    """
-    keep = values > 0
-    if width is not None and width < values.size:
-        order = np.argsort(-values, kind="stable")
-        top = np.zeros(values.size, dtype=bool)
-        top[order[:width]] = True
-        keep &= top
-    return keep
-
-
 def _kept_spectrum(moments: Moments, width: int | None):
     """Eigen-decomposition of C = B^(-1/2) A B^(-1/2) restricted to the kept eigenvalues.
 
@@ -90,7 +67,7 @@ def _kept_spectrum(moments: Moments, width: int | None):
     # eigh sorts ascending; reversing makes the stable top-p choice take the last columns of
     # eigh's order among tied eigenvalues.
     eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
-    keep = _top_positive(eigenvalues, width)
+    keep = top_positive(eigenvalues, width)
     return eigenvalues[keep], vectors[:, keep], b_inv_sqrt
 
 
@@ -102,7 +79,7 @@ def _optimal_factor(moments: Moments, width: int | None) -> np.ndarray:
     """
     if moments.diagonal:
         a, b = np.diag(moments.pos_cov), np.diag(moments.second_moment)
-        keep = _top_positive(a / b, width)
+        keep = top_positive(a / b, width)
         return np.diag(np.sqrt(np.where(keep, a, 0.0)) / b)[:, keep]
     kept, vectors, b_inv_sqrt = _kept_spectrum(moments, width)
     return (b_inv_sqrt @ vectors) * np.sqrt(kept)
@@ -133,8 +110,11 @@ def optimal_gram(pos_cov, second_moment, width=None) -> np.ndarray:
     Returns:
       (d, d) symmetric PSD matrix of rank <= p.
     """
-    moments = validate_moments(pos_cov, second_moment)
-    factor = _optimal_factor(moments, _check_width(width))
+    return _gram(validate_moments(pos_cov, second_moment), _check_width(width))
+
+
+def _gram(moments: Moments, width: int | None) -> np.ndarray:
+    factor = _optimal_factor(moments, width)
     gram = factor @ factor.T
     return (gram + gram.T) / 2
 
@@ -153,8 +133,8 @@ def learned_features(pos_cov, second_moment, width=None) -> np.ndarray:
     Returns:
       (d,) bool.
     """
-    a, b = _diagonal_moments(pos_cov, second_moment, "learned_features")
-    return _top_positive(a / b, _check_width(width))
+    a, b = diagonal_moments(pos_cov, second_moment, "learned_features")
+    return top_positive(a / b, _check_width(width))
 
 
 def end_to_end_weights(pos_cov, second_moment, width=None) -> np.ndarray:
@@ -170,7 +150,7 @@ def end_to_end_weights(pos_cov, second_moment, width=None) -> np.ndarray:
     Returns:
       (d,) nonnegative.
     """
-    gram = optimal_gram(pos_cov, second_moment, width)
+    gram = _gram(validate_moments(pos_cov, second_moment), _check_width(width))
     return np.sqrt(np.clip(np.diag(gram), 0.0, None))
 
 
@@ -191,15 +171,39 @@ def layer_weights(pos_cov, second_moment, depth, width=None) -> np.ndarray:
     """
     depth = check_int("depth", depth, minimum=1)
     moments = validate_moments(pos_cov, second_moment)
-    width = _check_width(width)
+    return _layer_weights(moments, depth, _check_width(width))
+
+
+def _layer_weights(moments: Moments, depth: int, width: int | None) -> np.ndarray:
     exponents = np.arange(1, depth + 1) / depth
     if moments.diagonal:
-        weights = np.sqrt(np.diag(optimal_gram(moments.pos_cov, moments.second_moment, width)))
+        weights = np.sqrt(np.diag(_gram(moments, width)))
         return weights[None, :] ** exponents[:, None]
     basis, singular_values = _gram_power_basis(moments, width)
     # diag(P diag(s^(2q)) P^T)_i = sum_k P_ik^2 s_k^(2q)
     powers = singular_values[None, :] ** (2 * exponents[:, None])  # (depth, k)
     return np.sqrt(powers @ (basis**2).T)
+
+
+def layer_grams(pos_cov, second_moment, depth, width=None) -> np.ndarray:
+    """Gram matrix P_l^T P_l = G^(l/L) of the map up to every layer of the balanced optimum.
+
+    G^q = P diag(s^(2q)) P^T from the thin SVD G = P diag(s^2) P^T of the optimal factor, so the
+    zero eigenvalues of G stay exactly zero in every power.
+
+    Args:
+      pos_cov: A, (d,) or (d, d).
+      second_moment: B, (d,) or (d, d).
+      depth: number of layers L >= 1.
+      width: narrowest layer width p >= 1, or None.
+
+    Returns:
+      (depth, d, d) symmetric PSD, layer 1 first; the last equals `optimal_gram` up to rounding.
+    """
+    depth = check_int("depth", depth, minimum=1)
+    moments = validate_moments(pos_cov, second_moment)
+    basis, singular_values = _gram_power_basis(moments, _check_width(width))
+    return np.stack([(basis * singular_values ** (2 * layer / depth)) @ basis.T for layer in range(1, depth + 1)])
 
 
 def representation_stds(pos_cov, second_moment, depth, width=None) -> np.ndarray:
@@ -217,7 +221,7 @@ def representation_stds(pos_cov, second_moment, depth, width=None) -> np.ndarray
       (depth, d) nonnegative.
     """
     moments = validate_moments(pos_cov, second_moment)
-    weights = layer_weights(moments.pos_cov, moments.second_moment, depth, width)
+    weights = _layer_weights(moments, check_int("depth", depth, minimum=1), _check_width(width))
     return weights * np.sqrt(np.diag(moments.second_moment))[None, :]
 
 
@@ -239,7 +243,7 @@ def optimal_loss(pos_cov, second_moment, width=None) -> float:
     width = _check_width(width)
     if moments.diagonal:
         r = np.diag(moments.pos_cov) / np.diag(moments.second_moment)
-        return float(-np.sum(r[_top_positive(r, width)] ** 2))
+        return float(-np.sum(r[top_positive(r, width)] ** 2))
     kept, _, _ = _kept_spectrum(moments, width)
     return float(-np.sum(kept**2))
 

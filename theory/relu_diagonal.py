@@ -110,7 +110,7 @@ class FeatureLaws:
         return len(self.kinds)
 
     @classmethod
-    def from_features(cls, features) -> "FeatureLaws":
+    def from_features(cls, features) -> FeatureLaws:
         """From a sequence of objects with .kind, .std, .strength (data.FeatureAugmentation)."""
         features = tuple(features)
         return cls(kinds=tuple(f.kind for f in features), stds=[f.std for f in features],
@@ -231,7 +231,8 @@ def ramp_moments(kind: str, std, strength, encoder, bias=None) -> RampMoments:
         second_g = gaussian_ramp_product((u * scale)[:, None], c[:, None], (u * scale)[None, :], c[None, :])
         zero = jax.nn.relu(c)
         p = strength
-        pair = ((1 - p) ** 2 * second_g + p * (1 - p) * (mean_g[:, None] * zero[None, :] + zero[:, None] * mean_g[None, :])
+        pair = ((1 - p) ** 2 * second_g
+                + p * (1 - p) * (mean_g[:, None] * zero[None, :] + zero[:, None] * mean_g[None, :])
                 + p * p * zero[:, None] * zero[None, :])
     else:  # correlated, additive_noise: bivariate Gaussian, no bias
         rho = strength if kind == "correlated" else std**2 / (std**2 + strength**2)
@@ -320,7 +321,8 @@ class FixedPoint(NamedTuple):
     ambiguous: bool
 
 
-def _sym_power(matrix, power):
+def symmetric_power(matrix, power):
+    """matrix^power of the symmetric part of ``matrix`` (negative eigenvalues clipped to 0)."""
     w, v = np.linalg.eigh((matrix + matrix.T) / 2)
     return (v * np.clip(w, 0.0, None) ** power) @ v.T
 
@@ -351,7 +353,7 @@ def fixed_point(laws: FeatureLaws, signs, output_dim: int, *, imbalance=None) ->
     k = check_int("output_dim", output_dim, minimum=1)
     with jax.enable_x64(True):
         A, B, _ = (np.asarray(m, dtype=np.float64) for m in hidden_moments(laws, signs))
-    root_inv = _sym_power(B, -0.5)
+    root_inv = symmetric_power(B, -0.5)
     C = root_inv @ A @ root_inv
     w, v = np.linalg.eigh((C + C.T) / 2)
     order = np.argsort(w)[::-1]
@@ -447,7 +449,7 @@ def predicted_decodability(laws: FeatureLaws, signs, output_dim: int, *, ridge: 
     point = fixed_point(laws, signs, output_dim, imbalance=imbalance)
     magnitude = np.abs(point.encoder).reshape(-1)
     # z = W psi = W D^-1 h; any W with W^T W = G gives the same probe: take W = G^(1/2).
-    W = _sym_power(point.gram, 0.5)
+    W = symmetric_power(point.gram, 0.5)
     scale = np.where(magnitude > 0, 1.0 / np.where(magnitude > 0, magnitude, 1.0), 0.0)
     params = _Params(point.encoder, None, W * scale[None, :])
     return decodability(params, laws, ridge=ridge)

@@ -39,9 +39,9 @@ dM/dt = -D_k^2 grad L(M): row j of M (coordinate j of the encoder) learns with r
 
    k = 1 is no head: then R stays random and the pre-head weights equal the post-head ones.
 
-Where it fails (measured, see /work/notes/README_reweighting.md and the figure
-figures/reweighting_pre_weights.py; the margins below are order-of-magnitude estimates, checked
-against simulation only as trends, not derived to the constant):
+Where it fails (measured: docs/reweighting.md and the figure figures/reweighting_pre_weights.py;
+the margins below are order-of-magnitude estimates, checked against simulation only as trends,
+not derived to the constant):
 - Relative ratio gaps below 1/k^2 (:func:`exchange_margin` < 1). An exchange in row n between the
   feature g that should win it and a feature f of larger a but smaller ratio runs at rate
   4 k^(-2n) b_g (r_g - r_f), while row n+1 captures g at rate 4 k^(-2n-2) a_g; the exchange wins
@@ -86,7 +86,7 @@ import numpy as np
 
 from theory import downstream as downstream_theory
 from theory.checks import check_float, check_int
-from theory.linear import _diagonal_moments, _top_positive
+from theory.common import diagonal_moments, top_positive
 
 __all__ = [
     "FixedHeadWeights",
@@ -100,9 +100,9 @@ __all__ = [
     "probe_risks",
 ]
 
-#: Regime in which the rank rule was measured to hold (tests/test_reweighting.py, README note):
+#: Regime in which the rank rule was measured to hold (tests/test_reweighting.py, docs/reweighting.md):
 #: from init_scale <= max_init_scale, exchange_margin -> relative tolerance on the pre-head
-#: weights. Not the issue's regime (k >= 2 and ratio gaps >= 0.1 at init <= 1e-4): that one was
+#: weights. Not the naive regime "k >= 2 and ratio gaps >= 0.1 at init <= 1e-4": that one was
 #: measured to fail (0 of 16 random problems within 1e-3 at k = 2, gaps 0.1; worst 0.93).
 RANK_RULE_REGIME = {"max_init_scale": 1e-4, "margins": ((1.5, 1e-3), (0.8, 5e-2))}
 
@@ -138,11 +138,17 @@ def feature_ranks(pos_cov, second_moment, width=None) -> np.ndarray:
     Returns:
       (d,) int.
     """
-    a, b = _diagonal_moments(pos_cov, second_moment, "feature_ranks")
-    if width is not None:
-        width = check_int("width", width, minimum=1)
+    a, b = diagonal_moments(pos_cov, second_moment, "feature_ranks")
+    return _ranks(a, b, _check_width(width))
+
+
+def _check_width(width) -> int | None:
+    return None if width is None else check_int("width", width, minimum=1)
+
+
+def _ranks(a, b, width):
     r = a / b
-    learned = _top_positive(r, width)
+    learned = top_positive(r, width)
     order = [i for i in np.argsort(-r, kind="stable") if learned[i]]
     ranks = np.full(r.size, -1)
     ranks[order] = np.arange(len(order))
@@ -167,10 +173,10 @@ def fixed_head_weights(pos_cov, second_moment, kappa, width=None, depth: int = 1
     Returns:
       FixedHeadWeights(pre (d,) or (depth, d), post (d,)).
     """
-    a, b = _diagonal_moments(pos_cov, second_moment, "fixed_head_weights")
+    a, b = diagonal_moments(pos_cov, second_moment, "fixed_head_weights")
     kappa = _check_kappa(kappa)
     depth = check_int("depth", depth, minimum=1)
-    ranks = feature_ranks(a, b, width)
+    ranks = _ranks(a, b, _check_width(width))
     learned = ranks >= 0
     post = np.where(learned, np.sqrt(np.clip(a, 0.0, None)) / b, 0.0)
     pre = np.where(learned, kappa ** np.maximum(ranks, 0) * post, 0.0)
@@ -192,7 +198,7 @@ def separation(kappa, init_scale) -> float:
 
 def min_ratio_gap(pos_cov, second_moment) -> float:
     """Smallest gap between consecutive positive ratios r = a / b (inf with fewer than two)."""
-    a, b = _diagonal_moments(pos_cov, second_moment, "min_ratio_gap")
+    a, b = diagonal_moments(pos_cov, second_moment, "min_ratio_gap")
     r = np.sort((a / b)[a > 0])
     return float(np.min(np.diff(r))) if r.size > 1 else float("inf")
 
@@ -205,8 +211,8 @@ def exchange_margin(pos_cov, second_moment, kappa, width=None) -> float:
     in 94% of random problems whenever it is below 0.5 at init 1e-4 (RANK_RULE_REGIME).
     """
     kappa = _check_kappa(kappa)
-    a, b = _diagonal_moments(pos_cov, second_moment, "exchange_margin")
-    ranks = feature_ranks(a, b, width)
+    a, b = diagonal_moments(pos_cov, second_moment, "exchange_margin")
+    ranks = _ranks(a, b, _check_width(width))
     r = np.sort((a / b)[ranks >= 0])[::-1]
     if r.size < 2:
         return float("inf")
@@ -258,7 +264,8 @@ def probe_risks(pos_cov, second_moment, kappa, target, ridge, *, downstream_seco
       dict of floats with the keys above.
     """
     weights = fixed_head_weights(pos_cov, second_moment, kappa, width=width)
-    b_ds = np.asarray(second_moment if downstream_second_moment is None else downstream_second_moment, float)
-    risk = lambda w: float(downstream_theory.probe_risk(w, b_ds, target, ridge))
-    return {"fixed_pre": risk(weights.pre), "fixed_post": risk(weights.post), "no_head": risk(weights.post),
-            "learned_pre": risk(np.sqrt(weights.post)), "learned_post": risk(weights.post)}
+    b_ds = second_moment if downstream_second_moment is None else downstream_second_moment
+    # One probe call on the stacked representations validates b_ds, target and ridge once.
+    names = ("fixed_pre", "fixed_post", "no_head", "learned_pre", "learned_post")
+    stacked = np.stack([weights.pre, weights.post, weights.post, np.sqrt(weights.post), weights.post])
+    return dict(zip(names, map(float, downstream_theory.probe_risk(stacked, b_ds, target, ridge)), strict=True))

@@ -53,13 +53,20 @@ def _mixture(means, weights, coarse, num_classes):
 def class_probabilities(weights, coarse, num_classes) -> np.ndarray:
     """pi_c = sum_(s in c) w_s, shape (C,)."""
     weights = as_finite_array("weights", weights, ndim=1)
-    return np.bincount(np.asarray(coarse), weights=weights, minlength=num_classes)
+    return _class_probabilities(weights, np.asarray(coarse), num_classes)
+
+
+def _class_probabilities(weights, coarse, num_classes):
+    return np.bincount(coarse, weights=weights, minlength=num_classes)
 
 
 def class_means(means, weights, coarse, num_classes) -> np.ndarray:
     """m_c = E[x | c] = sum_(s in c) w_s m_s / pi_c, shape (C, d) (zero rows for empty classes)."""
-    means, weights, coarse, C = _mixture(means, weights, coarse, num_classes)
-    pi = class_probabilities(weights, coarse, C)
+    return _class_means(*_mixture(means, weights, coarse, num_classes))
+
+
+def _class_means(means, weights, coarse, C):
+    pi = _class_probabilities(weights, coarse, C)
     sums = np.zeros((C, means.shape[1]))
     np.add.at(sums, coarse, weights[:, None] * means)
     return sums / np.where(pi > 0, pi, 1.0)[:, None]
@@ -93,8 +100,8 @@ def supervised_moments(means, weights, coarse, noise_std, num_classes, *, augmen
         (A (d, d), B (d, d)).
     """
     means, weights, coarse, C = _mixture(means, weights, coarse, num_classes)
-    pi = class_probabilities(weights, coarse, C)
-    mc = class_means(means, weights, coarse, C)
+    pi = _class_probabilities(weights, coarse, C)
+    mc = _class_means(means, weights, coarse, C)
     A = (mc * pi[:, None]).T @ mc
     B = (means * weights[:, None]).T @ means + _noise_covariance(noise_std, means.shape[1], augment_std)
     return (A + A.T) / 2, (B + B.T) / 2
@@ -103,12 +110,15 @@ def supervised_moments(means, weights, coarse, noise_std, num_classes, *, augmen
 def class_cross_moment(means, weights, coarse, num_classes) -> np.ndarray:
     """M = E[x onehot(y)^T] = [pi_c m_c]_c, shape (d, C)."""
     means, weights, coarse, C = _mixture(means, weights, coarse, num_classes)
-    return (class_means(means, weights, coarse, C) * class_probabilities(weights, coarse, C)[:, None]).T
+    return (_class_means(means, weights, coarse, C) * _class_probabilities(weights, coarse, C)[:, None]).T
 
 
 def gram_power(gram, exponent: float) -> np.ndarray:
     """G^q of a symmetric PSD matrix (eigenvalues below 1e-10 x the largest are exact zeros)."""
-    gram = as_finite_array("gram", gram, ndim=2)
+    return _gram_power(as_finite_array("gram", gram, ndim=2), exponent)
+
+
+def _gram_power(gram, exponent):
     values, vectors = np.linalg.eigh((gram + gram.T) / 2)
     top = max(float(values.max()), 0.0)
     values = np.where(values > _RANK_RTOL * top, values, 0.0)
@@ -118,7 +128,7 @@ def gram_power(gram, exponent: float) -> np.ndarray:
 
 def _layer_grams(end_to_end_gram, depth):
     depth = check_int("depth", depth, minimum=1)
-    return np.stack([gram_power(end_to_end_gram, l / depth) for l in range(1, depth + 1)])
+    return np.stack([_gram_power(end_to_end_gram, l / depth) for l in range(1, depth + 1)])
 
 
 def contrastive_layer_grams(pos_cov, second_moment, depth: int = 2, width: int | None = None) -> np.ndarray:
@@ -174,7 +184,7 @@ def direction_weights(layer_grams, directions) -> np.ndarray:
 def subclass_offsets(means, weights, coarse, num_classes) -> np.ndarray:
     """m_s - m_(c(s)): how far each component sits from its class mean, (S, d)."""
     means, weights, coarse, C = _mixture(means, weights, coarse, num_classes)
-    return means - class_means(means, weights, coarse, C)[coarse]
+    return means - _class_means(means, weights, coarse, C)[coarse]
 
 
 def subclass_separation(layer_grams, means, weights, coarse, num_classes) -> np.ndarray:

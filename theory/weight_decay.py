@@ -76,7 +76,17 @@ from typing import NamedTuple
 import numpy as np
 
 from theory.checks import as_finite_array, check_float, check_int
-from theory.linear import _diagonal_moments
+from theory.common import (
+    diagonal_moments,
+    escape_end,
+    escape_rates_of,
+    fixed_point_map,
+    fixed_point_peak,
+    fixed_point_roots,
+    layer_powers,
+    rotation_gain,
+    rotation_saddle_mask,
+)
 
 __all__ = [
     "FixedPoints",
@@ -93,9 +103,6 @@ __all__ = [
     "stable_end_weights",
 ]
 
-# Bisection steps on log v: the bracket spans < 2^11 in log, so 100 halvings reach float64 spacing.
-_BISECTION_STEPS = 100
-
 
 class FixedPoints(NamedTuple):
     """Nonzero fixed points of the per-layer singular value, per feature (nan where absent).
@@ -109,72 +116,10 @@ class FixedPoints(NamedTuple):
 
 
 def _validate(pos_cov, second_moment, depth, weight_decay, function):
-    a, b = _diagonal_moments(pos_cov, second_moment, function)
+    a, b = diagonal_moments(pos_cov, second_moment, function)
     depth = check_int("depth", depth, minimum=1)
     weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
     return a, b, depth, weight_decay
-
-
-def _g(v, a, b, depth):
-    """g(v) = 4 v^(L-1) (a - b^2 v^L)."""
-    return 4.0 * v ** (depth - 1) * (a - b**2 * v**depth)
-
-
-def _peak(a, b, depth):
-    """(v*, g_max) of g on v > 0 for L >= 2; (0, 0) where a <= 0."""
-    positive = a > 0
-    a_pos = np.where(positive, a, 1.0)
-    v_star = (a_pos * (depth - 1) / (b**2 * (2 * depth - 1))) ** (1.0 / depth)
-    g_max = 4.0 * a_pos * depth * v_star ** (depth - 1) / (2 * depth - 1)
-    return np.where(positive, v_star, 0.0), np.where(positive, g_max, 0.0)
-
-
-def _bisect_log(function, lower, upper, increasing):
-    """Vectorized bisection in log v for the root of a monotone `function` on [lower, upper]."""
-    lo, hi = np.log(lower), np.log(upper)
-    for _ in range(_BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        above = function(np.exp(mid)) > 0
-        move_hi = above if increasing else ~above
-        hi = np.where(move_hi, mid, hi)
-        lo = np.where(move_hi, lo, mid)
-    return np.exp(0.5 * (lo + hi))
-
-
-def _roots_v(a, b, depth, weight_decay):
-    """Roots of g(v) = wd in v = sigma^2: (v_unstable, v_stable, double).
-
-    nan where absent. v_unstable = 0 where zero is the unstable fixed point. At wd = g_max
-    (L >= 2) the two roots merge: both entries hold v* and `double` is True.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    nan = np.full(a.shape, np.nan)
-    if depth == 1:
-        v1 = (a - weight_decay / 4.0) / b**2
-        exists = v1 > 0
-        return np.where(exists, 0.0, nan), np.where(exists, v1, nan), np.zeros(a.shape, bool)
-    v_star, g_max = _peak(a, b, depth)
-    exists = (a > 0) & (weight_decay < g_max)
-    double = (a > 0) & (weight_decay == g_max)
-    a_safe = np.where(a > 0, a, 1.0)
-    v_top = (a_safe / b**2) ** (1.0 / depth)  # g(v_top) = 0 <= wd
-    v_star_safe = np.where(a > 0, v_star, 1.0)
-
-    def residual(v):
-        return _g(v, a_safe, b, depth) - weight_decay
-
-    if weight_decay > 0:
-        # g(v) < 4 a v^(L-1), so this lower bound has g <= wd: a bracket for the rising branch.
-        v_low = (weight_decay / (4.0 * a_safe)) ** (1.0 / (depth - 1))
-        v_low = np.clip(v_low, np.finfo(np.float64).tiny, v_star_safe)
-        v_unstable = _bisect_log(residual, v_low, v_star_safe, increasing=True)
-    else:
-        v_unstable = np.zeros(a.shape)
-    v_stable = _bisect_log(residual, v_star_safe, v_top, increasing=False)
-    v_unstable = np.where(exists, v_unstable, np.where(double, v_star, nan))
-    v_stable = np.where(exists, v_stable, np.where(double, v_star, nan))
-    return v_unstable, v_stable, double
 
 
 def fixed_points(pos_cov, second_moment, depth, weight_decay) -> FixedPoints:
@@ -197,7 +142,11 @@ def fixed_points(pos_cov, second_moment, depth, weight_decay) -> FixedPoints:
     a, b, depth, weight_decay = _validate(
         pos_cov, second_moment, depth, weight_decay, "fixed_points"
     )
-    v_unstable, v_stable, double = _roots_v(a, b, depth, weight_decay)
+    return _fixed_points(a, b, depth, weight_decay)
+
+
+def _fixed_points(a, b, depth, weight_decay) -> FixedPoints:
+    v_unstable, v_stable, double = fixed_point_roots(a, b, depth, weight_decay)
     v_unstable = np.where(double, np.nan, v_unstable)
     v_stable = np.where(double, np.nan, v_stable)
     return FixedPoints(np.sqrt(v_unstable), np.sqrt(v_stable))
@@ -220,7 +169,7 @@ def survival_threshold(pos_cov, second_moment, depth) -> np.ndarray:
     a, b, depth, _ = _validate(pos_cov, second_moment, depth, 0.0, "survival_threshold")
     if depth == 1:
         return np.clip(4.0 * a, 0.0, None)
-    return _peak(a, b, depth)[1]
+    return fixed_point_peak(a, b, depth)[1]
 
 
 def global_threshold(pos_cov, second_moment, depth) -> np.ndarray:
@@ -241,17 +190,16 @@ def global_threshold(pos_cov, second_moment, depth) -> np.ndarray:
       (d,) nonnegative.
     """
     a, b, depth, _ = _validate(pos_cov, second_moment, depth, 0.0, "global_threshold")
+    return _global_threshold(a, b, depth)
+
+
+def _global_threshold(a, b, depth):
     if depth == 1:
         return np.clip(4.0 * a, 0.0, None)
     positive = a > 0
     a_pos = np.where(positive, a, 1.0)
     v_g = (2.0 * a_pos * (depth - 1) / (b**2 * (2 * depth - 1))) ** (1.0 / depth)
     return np.where(positive, 4.0 * a_pos * v_g ** (depth - 1) / (2 * depth - 1), 0.0)
-
-
-def _powers(sigma, depth):
-    """(depth, d) layer weights sigma^l, l = 1..L."""
-    return sigma[None, :] ** np.arange(1, depth + 1)[:, None]
 
 
 def global_minimum_weights(pos_cov, second_moment, depth, weight_decay) -> np.ndarray:
@@ -272,10 +220,10 @@ def global_minimum_weights(pos_cov, second_moment, depth, weight_decay) -> np.nd
     a, b, depth, weight_decay = _validate(
         pos_cov, second_moment, depth, weight_decay, "global_minimum_weights"
     )
-    threshold = global_threshold(a, b, depth)
-    stable = fixed_points(a, b, depth, weight_decay).stable
+    threshold = _global_threshold(a, b, depth)
+    stable = _fixed_points(a, b, depth, weight_decay).stable
     sigma = np.where(weight_decay < threshold, stable, 0.0)
-    return _powers(sigma, depth)
+    return layer_powers(sigma, depth)
 
 
 def basin_weights(pos_cov, second_moment, depth, weight_decay, init_scale) -> np.ndarray:
@@ -300,17 +248,13 @@ def basin_weights(pos_cov, second_moment, depth, weight_decay, init_scale) -> np
         pos_cov, second_moment, depth, weight_decay, "basin_weights"
     )
     init_scale = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
-    roots = fixed_points(a, b, depth, weight_decay)
+    roots = _fixed_points(a, b, depth, weight_decay)
     survives = np.isfinite(roots.stable) & (init_scale > roots.unstable)
     sigma = np.where(survives, roots.stable, 0.0)
-    return _powers(sigma, depth)
+    return layer_powers(sigma, depth)
 
 
 # --------------------------------------------------------------------------- saddles and escapes
-
-# A rotation gain (a_i - a_k) - b_k (b_i - b_k) s_k^2 within this fraction of max |a| is treated as
-# zero (degenerate, not a saddle): it absorbs the rounding of s_k^2 at an exact fixed point.
-_GAIN_TOL = 1e-12
 
 
 class EscapeStep(NamedTuple):
@@ -327,26 +271,6 @@ class EscapeStep(NamedTuple):
     sigma: float
 
 
-def _rotation_gain(a, b, s):
-    """(..., k, i) gain (a_i - a_k) - b_k (b_i - b_k) s_k^2 of rotating mode k toward feature i."""
-    a_gap = a[..., None, :] - a[..., :, None]
-    b_gap = b[..., None, :] - b[..., :, None]
-    return a_gap - (s**2 * b)[..., :, None] * b_gap
-
-
-def _gain_scale(a):
-    return _GAIN_TOL * np.maximum(np.abs(a).max(axis=-1), 1e-300)[..., None, None]
-
-
-def _rates(a, b, depth, sigma):
-    """(d, d) rotation rates of alive k toward dead i; -inf elsewhere or where the gain is ~0."""
-    alive = sigma > 0
-    gain = _rotation_gain(a, b, sigma**depth)
-    rates = 4.0 * sigma[:, None] ** (2 * depth - 2) * gain
-    valid = alive[:, None] & ~alive[None, :] & (np.abs(gain) > _gain_scale(a))
-    return np.where(valid, rates, -np.inf)
-
-
 def _check_layer_weights(layer_weights, depth, dim, rtol):
     """Per-layer sigma from aligned balanced layer weights (row l = sigma^(l+1)); ValueError otherwise."""
     weights = as_finite_array("layer_weights", layer_weights, ndim=2)
@@ -355,7 +279,7 @@ def _check_layer_weights(layer_weights, depth, dim, rtol):
     if np.any(weights < 0):
         raise ValueError("layer_weights must be >= 0")
     sigma = weights[0]
-    expected = _powers(sigma, depth)
+    expected = layer_powers(sigma, depth)
     if not np.allclose(weights, expected, rtol=max(rtol, 1e-12), atol=0.0):
         raise ValueError("layer_weights must be aligned balanced weights: row l must equal row 0 ** (l + 1)")
     return sigma
@@ -384,7 +308,7 @@ def escape_rates(pos_cov, second_moment, depth, layer_weights) -> np.ndarray:
     """
     a, b, depth, _ = _validate(pos_cov, second_moment, depth, 0.0, "escape_rates")
     sigma = _check_layer_weights(layer_weights, depth, a.size, 1e-9)
-    return _rates(a, b, depth, sigma)
+    return escape_rates_of(a, b, depth, sigma)
 
 
 def rotation_saddle(pos_cov, second_moment, end_to_end_weights) -> np.ndarray:
@@ -406,10 +330,7 @@ def rotation_saddle(pos_cov, second_moment, end_to_end_weights) -> np.ndarray:
     a = as_finite_array("pos_cov", pos_cov)
     b = as_finite_array("second_moment", second_moment)
     s = as_finite_array("end_to_end_weights", end_to_end_weights)
-    a, b, s = np.broadcast_arrays(a, b, s)
-    alive = s > 0
-    unstable = (_rotation_gain(a, b, s) > _gain_scale(a)) & alive[..., :, None] & ~alive[..., None, :]
-    result = unstable.any(axis=(-2, -1))
+    result = rotation_saddle_mask(*np.broadcast_arrays(a, b, s))
     return bool(result) if result.ndim == 0 else result
 
 
@@ -443,27 +364,21 @@ def is_local_minimum(pos_cov, second_moment, depth, weight_decay, layer_weights,
     sigma = np.where(alive, sigma, 0.0)
     v = sigma**2
     # (i) fixed points: g(v) = wd on alive features.
-    residual = np.abs(_g(v, a, b, depth) - weight_decay)
+    residual = np.abs(fixed_point_map(v, a, b, depth) - weight_decay)
     scale = 4.0 * v ** (depth - 1) * (np.abs(a) + b**2 * v**depth) + weight_decay
     if np.any(alive & (residual > rtol * scale)):
         return False
     # (ii) alive features on the stable branch.
-    if depth >= 2 and np.any(alive & ~(v > _peak(a, b, depth)[0] * (1.0 + rtol))):
+    if depth >= 2 and np.any(alive & ~(v > fixed_point_peak(a, b, depth)[0] * (1.0 + rtol))):
         return False
     # (iii) dead features: zero is a local minimum of the scalar loss.
     dead_ok = (weight_decay > 0) | (a <= 0) if depth >= 2 else 4.0 * a <= weight_decay * (1.0 + rtol)
     if np.any(~alive & ~dead_ok):
         return False
     # (iv) no unstable rotation of an alive mode into a dead feature.
-    gain = _rotation_gain(a, b, sigma**depth)
+    gain = rotation_gain(a, b, sigma**depth)
     unstable = (gain > rtol * np.abs(a).max()) & alive[:, None] & ~alive[None, :]
     return not bool(unstable.any())
-
-
-def _scalar_loss(a, b, depth, weight_decay, sigma):
-    """Per-feature loss -2 a s^2 + b^2 s^4 + (wd/2) L sigma^2, s = sigma^L."""
-    s = sigma**depth
-    return -2.0 * a * s**2 + b**2 * s**4 + 0.5 * weight_decay * depth * sigma**2
 
 
 def escape_sequence(pos_cov, second_moment, depth, weight_decay, init_scale) -> tuple[EscapeStep, ...]:
@@ -510,23 +425,5 @@ def stable_end_weights(pos_cov, second_moment, depth, weight_decay, init_scale) 
 def _escape(pos_cov, second_moment, depth, weight_decay, init_scale, function):
     a, b, depth, weight_decay = _validate(pos_cov, second_moment, depth, weight_decay, function)
     init_scale = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
-    roots = fixed_points(a, b, depth, weight_decay)
-    sigma = np.where(np.isfinite(roots.stable) & (init_scale > roots.unstable), roots.stable, 0.0)
-    steps = []
-    # Each escape strictly lowers the loss over finitely many aligned states, so this terminates;
-    # the bound only guards against a broken invariant.
-    for _ in range(4 * a.size**2 + 1):
-        rates = _rates(a, b, depth, sigma)
-        if not np.any(rates > 0):
-            return _powers(sigma, depth), tuple(steps)
-        source, target = np.unravel_index(np.argmax(rates), rates.shape)
-        landing = roots.stable[target]
-        current = _scalar_loss(a[source], b[source], depth, weight_decay, sigma[source])
-        lands = np.isfinite(landing) and (
-            _scalar_loss(a[target], b[target], depth, weight_decay, landing) < current)
-        if not lands:  # the descent cannot reach i's stable root: the mode dies
-            landing = 0.0
-        steps.append(EscapeStep(int(source), int(target), float(rates[source, target]), float(landing)))
-        sigma = sigma.copy()
-        sigma[source], sigma[target] = 0.0, landing
-    raise RuntimeError(f"{function}: escapes did not terminate (a={a.tolist()}, b={b.tolist()})")
+    weights, steps = escape_end(a, b, depth, weight_decay, init_scale, function)
+    return weights, tuple(EscapeStep(*step) for step in steps)

@@ -85,7 +85,7 @@ def sample(mixture: Mixture, key: jax.Array, n: int, *, augment_std=0.0) -> Samp
     component = jax.random.categorical(jax.random.fold_in(key, 0), logits, shape=(n,))
     scale = jnp.sqrt(jnp.asarray(mixture.noise_std) ** 2 + jnp.asarray(augment_std) ** 2)
     noise = jax.random.normal(jax.random.fold_in(key, 1), (n, means.shape[1]), means.dtype)
-    x = means[component] + scale * noise
+    x = means[component] + scale.reshape((1,) * (noise.ndim - scale.ndim) + scale.shape) * noise
     return Samples(x, jnp.asarray(mixture.coarse)[component], jnp.asarray(mixture.fine)[component],
                    jnp.asarray(mixture.group)[component])
 
@@ -183,3 +183,62 @@ def rotate(mixture: Mixture, rotation) -> Mixture:
     if not np.allclose(noise, noise[0]):
         raise ValueError(f"rotate needs isotropic noise (equal noise_std), got {noise.tolist()}")
     return mixture._replace(means=jnp.asarray(mixture.means) @ rotation.T)
+
+
+# ----------------------------------------------------------------------------------------------
+# Traced strengths: the supervised experiment's two tasks with traced (vmapped) parameters
+
+#: The supervised experiment's tasks.
+TASKS = ("coarse_to_fine", "shift")
+
+
+def task_templates(task: str, dim: int, num_classes: int):
+    """(unit-strength mixture, (first, second) mean templates): the task's means are linear in its strengths.
+
+    coarse_to_fine: means = separation * first + class_offset * second; shift: means = core *
+    first + spurious_strength * second (the :func:`spurious` mixture at agreement 1/2).
+    """
+    if task == "coarse_to_fine":
+        base = coarse_to_fine(dim=dim, num_classes=num_classes, separation=1.0, noise_std=0.0)
+        offset = np.zeros_like(base.means)
+        if dim >= 2 * num_classes:
+            offset = np.asarray(coarse_to_fine(dim=dim, num_classes=num_classes, separation=1.0, noise_std=0.0,
+                                               class_offset=1.0).means) - np.asarray(base.means)
+        return base, (np.asarray(base.means), offset)
+    base = spurious(dim=dim, core=1.0, spurious_strength=1.0, noise_std=0.0, agreement=0.5)
+    means = np.asarray(base.means)
+    core, spurious_part = means.copy(), means.copy()
+    core[:, 1:] = 0.0
+    spurious_part[:, :1] = 0.0
+    spurious_part[:, 2:] = 0.0
+    return base, (core, spurious_part)
+
+
+def task_mixtures(task: str, dim: int, num_classes: int, strengths) -> tuple[Mixture, Mixture]:
+    """(training mixture, group-balanced evaluation mixture) of a task at traced strengths.
+
+    Args:
+        task: "coarse_to_fine" or "shift".
+        dim, num_classes: static shapes.
+        strengths: mapping with (possibly traced) "noise_std", "separation" and "class_offset"
+            (coarse_to_fine) or "spurious_strength" and "agreement" (shift).
+    """
+    base, (first, second) = task_templates(task, dim, num_classes)
+    noise = strengths["noise_std"] * jnp.ones(dim)
+    if task == "coarse_to_fine":
+        means = strengths["separation"] * first + strengths["class_offset"] * second
+        mixture = base._replace(means=means, noise_std=noise, weights=jnp.asarray(base.weights))
+        return mixture, mixture
+    means = strengths["separation"] * first + strengths["spurious_strength"] * second
+    balanced = base._replace(means=means, noise_std=noise, weights=jnp.asarray(base.weights))
+    return with_agreement(balanced, strengths["agreement"]), balanced
+
+
+def num_groups(task: str, dim: int, num_classes: int) -> int:
+    """Number of groups of a task's mixture (the unit of worst-group accuracy)."""
+    return int(np.max(np.asarray(task_templates(task, dim, num_classes)[0].group))) + 1
+
+
+def class_weights(mixture: Mixture, num_classes: int) -> jax.Array:
+    """pi_c of a mixture (traceable), (C,)."""
+    return jax.ops.segment_sum(jnp.asarray(mixture.weights), jnp.asarray(mixture.coarse), num_segments=num_classes)

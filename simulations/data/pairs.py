@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -332,7 +332,7 @@ def sample_product(key, stds, strengths, *, n, kinds):
     # One vmapped draw per kind rather than one traced op per feature.
     for kind in dict.fromkeys(kinds):
         index = np.asarray([i for i, k in enumerate(kinds) if k == kind])
-        x, x_pos = jax.vmap(lambda k, s, t: _sample_feature(kind, k, n, s, t))(
+        x, x_pos = jax.vmap(lambda k, s, t, kind=kind: _sample_feature(kind, k, n, s, t))(
             keys[index], stds[index], strengths[index])
         order.extend(index.tolist())
         xs.append(x)

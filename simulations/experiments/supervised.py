@@ -1,72 +1,55 @@
 """Supervised contrastive and supervised learning: class collapse above the head, subclasses below it.
 
 Run:  python -m simulations supervised [--quick] [--seed S] --json
-Expected runtime: --quick ~25 s of CPU time from a cold compile cache (two compiled programs:
-coarse_to_fine with both losses in one batch, and shift), a few seconds once cached; the default
-(3,000 steps) about twice the training time. Wall time is longer on shared cores.
+Expected runtime: --quick ~25 s of CPU time from a cold compile cache (two compiled programs), a
+few seconds once cached; the default (3,000 steps) about twice the training time.
 
-Two tasks, each training a two-layer ReLU network h = relu(W x), z = V h (head) by minibatch
-gradient descent on fresh samples (one jitted lax.scan; time = learning_rate x step):
+A two-layer ReLU network h = relu(W x), z = V h (head) is trained by minibatch descent on fresh
+samples (simulations.train; time = learning_rate x step) on one of two tasks
+(simulations.data.mixtures): ``coarse_to_fine`` (coarse classes made of two subclasses at +-mu e_c;
+the fine label is probed at the input, at h ("pre") and at z ("post", the head's output, not the
+logits): R^2 of the normalized ridge probe on fresh data) and ``shift`` (a non-linear core feature
+and a linear spurious one that agrees with the label with probability ``agreement``; the last
+layer is retrained on group-balanced data at every layer: worst-group and average accuracy).
+Losses on z: supervised spectral contrastive, SupCon, or cross-entropy / squared loss through a
+linear classifier.
 
-* ``coarse_to_fine``: coarse classes that are unions of two subclasses at +-mu e_c
-  (simulations.data.mixtures.coarse_to_fine). The network is trained on the coarse label with
-  the supervised spectral contrastive loss (or SupCon/InfoNCE) on z, or with cross-entropy
-  (or squared loss) through a linear classifier on z. The fine label (subclass, coded +1/-1
-  within its coarse class) is then probed at the input, below the head (h, "pre") and above it
-  (z, "post": the head's output, not the logits) with the library's normalized ridge probe
-  (simulations.probe), R^2 on fresh test data.
-* ``shift``: a binary label with a non-linear core feature and a linear spurious feature that
-  agrees with the label with probability ``agreement`` in training
-  (simulations.data.mixtures.spurious). The last layer is retrained on group-balanced data
-  (a normalized ridge probe per class on one-hot targets, prediction = argmax) at every layer,
-  and worst-group and average accuracy are measured on fresh group-balanced test data.
-
-Why the init scale matters: the head's untrained directions keep an init-scale copy of h. The
-spectral loss removes it (its negative term shrinks every direction of z that does not help), but
-cross-entropy only trains the directions its classifier reads, so with cross-entropy the collapse
-seen by the probe needs a small init (default 0.05) or weight decay (see the README section).
+The command runs three configurations sharing every flag: "supcon" (coarse_to_fine, loss
+``--contrastive-form``), "cross_entropy" (coarse_to_fine) and "shift" (cross-entropy). The head's
+untrained directions keep an init-scale copy of h: the spectral loss removes it, cross-entropy does
+not, so with cross-entropy the collapse seen by the probe needs a small init (default 0.05) or
+weight decay (docs/supervised.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
-import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import models, serial_linalg
-from simulations.models import relu
-from simulations.data import mixtures as sdata
 from simulations import losses as slosses
-from simulations.flow import FlowDivergenceError
-from simulations.probe import normalize_representation, ridge_probe
-from theory import supervised as supervised_theory
+from simulations.data import mixtures as sdata
+from simulations.data.mixtures import TASKS
+from simulations.experiment import Command, Experiment, check_one_shape
+from simulations.experiments import supervised_common as common
+from simulations.experiments.supervised_common import CONTRASTIVE, LAYERS, LOSSES, NETWORKS, SupervisedResult
+from simulations.train import check_finite, descend
 from theory.checks import check_choice, check_float, check_int
 
-TASKS = ("coarse_to_fine", "shift")
-LOSSES = ("spectral", "infonce", "cross_entropy", "squared")
-CONTRASTIVE = ("spectral", "infonce")
-NETWORKS = ("relu", "linear")
-#: Probed layers: the raw input, below the head (h) and above it (z, the head's output).
-LAYERS = ("input", "pre", "post")
-#: Steps between two recorded minibatch losses (steps must be a multiple).
+#: Steps between two recorded minibatch losses (each record is the block's mean; steps must be a multiple).
 RECORD_EVERY = 50
 #: Default noise std per task (the shift task's core feature must be imperfect for the spurious
 #: one to matter: at 0.3 the core alone classifies ~90% of the minority groups).
 DEFAULT_NOISE = {"coarse_to_fine": 0.2, "shift": 0.3}
-
-# Named key streams (jax.random.fold_in of the root key).
-_INIT_STREAM, _TRAIN_STREAM, _PROBE_TRAIN_STREAM, _PROBE_TEST_STREAM = 0, 1, 2, 3
-
-# Traced per-point hyperparameters (changing them never recompiles).
-_TRACED = ("separation", "spurious_strength", "agreement", "noise_std", "class_offset", "augment_std",
-           "init_scale", "classifier_init_scale", "weight_decay", "learning_rate", "temperature", "ridge")
+#: Traced per-point hyperparameters (changing them never recompiles).
+TRACED = ("separation", "spurious_strength", "agreement", "noise_std", "class_offset", "augment_std",
+          "init_scale", "classifier_init_scale", "weight_decay", "learning_rate", "temperature", "ridge")
+#: The command's three runs, in order.
+ARMS = ("supcon", "cross_entropy", "shift")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -97,9 +80,9 @@ class SupervisedConfig:
         seed: root seed (init, training batches, probe data).
     """
 
-    task: str = "coarse_to_fine"
-    loss: str = "spectral"
-    network: str = "relu"
+    task: str = dataclasses.field(default="coarse_to_fine", metadata={"choices": TASKS})
+    loss: str = dataclasses.field(default="spectral", metadata={"choices": LOSSES})
+    network: str = dataclasses.field(default="relu", metadata={"choices": NETWORKS})
     dim: int = 6
     num_classes: int = 2
     separation: float = 1.0
@@ -150,230 +133,51 @@ class SupervisedConfig:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
     @classmethod
-    def quick(cls, **overrides) -> "SupervisedConfig":
+    def quick(cls, **overrides) -> SupervisedConfig:
         """A seconds-long configuration (fewer steps and probe samples; the same conclusions)."""
         return cls(**{"steps": 2000, "n_probe": 2000, "n_test": 4000, **overrides})
-
-
-#: The config class (the sweep engine builds CONFIG() and CONFIG.quick()); its defaults are the base point.
-CONFIG = SupervisedConfig
-
-#: Numeric result entries of fixed shape per shape_key, saved by the sweep engine.
-SWEEP_OUTPUTS = (
-    "input.fine_r2", "pre.fine_r2", "post.fine_r2",
-    "pre.fine_accuracy", "post.fine_accuracy",
-    "input.worst_group", "pre.worst_group", "post.worst_group",
-    "pre.average", "post.average",
-    "diagnostics.final_loss", "weights.head_top_share", "weights.post_spurious_ratio",
-    "weights.pre_spurious_ratio",
-)
 
 
 def shape_key(config: SupervisedConfig) -> tuple:
     """Fields that change array shapes or the compiled program (equal keys can share a batch).
 
     The network kind and the choice among the spectral, cross-entropy and squared losses are
-    traced (all three are evaluated and the chosen one kept; the ReLU is selected against the
-    identity), so such runs share a batch. SupCon/InfoNCE (O(n^2) exponentials per step) gets its
-    own program.
+    traced (all three are evaluated and the chosen one kept), so such runs share a batch;
+    SupCon (O(n^2) exponentials per step) gets its own program.
     """
     return (config.task, config.loss == "infonce", config.dim, config.num_classes, config.width, config.head_dim,
             config.steps, config.batch_size, config.n_probe, config.n_test)
 
 
-# ----------------------------------------------------------------------------------------------
-# Data, model and loss (traced hyperparameters)
-# ----------------------------------------------------------------------------------------------
-
-
-def _templates(task: str, dim: int, num_classes: int):
-    """Unit-strength mixtures whose means are linear in the traced strengths."""
-    if task == "coarse_to_fine":
-        base = sdata.coarse_to_fine(dim=dim, num_classes=num_classes, separation=1.0, noise_std=0.0)
-        offset = np.zeros_like(base.means)
-        if dim >= 2 * num_classes:
-            offset = np.asarray(sdata.coarse_to_fine(dim=dim, num_classes=num_classes, separation=1.0, noise_std=0.0,
-                                                     class_offset=1.0).means) - np.asarray(base.means)
-        return base, (np.asarray(base.means), offset)
-    base = sdata.spurious(dim=dim, core=1.0, spurious_strength=1.0, noise_std=0.0, agreement=0.5)
-    means = np.asarray(base.means)
-    core, spurious_part = means.copy(), means.copy()
-    core[:, 1:] = 0.0
-    spurious_part[:, :1] = 0.0
-    spurious_part[:, 2:] = 0.0
-    return base, (core, spurious_part)
-
-
-def _mixtures(task, dim, num_classes, hp):
-    """(training mixture, group-balanced evaluation mixture) for traced hyperparameters ``hp``."""
-    base, (first, second) = _templates(task, dim, num_classes)
-    noise = hp["noise_std"] * jnp.ones(dim)
-    if task == "coarse_to_fine":
-        means = hp["separation"] * first + hp["class_offset"] * second
-        mixture = base._replace(means=means, noise_std=noise, weights=jnp.asarray(base.weights))
-        return mixture, mixture
-    means = hp["separation"] * first + hp["spurious_strength"] * second
-    balanced = base._replace(means=means, noise_std=noise, weights=jnp.asarray(base.weights))
-    return sdata.with_agreement(balanced, hp["agreement"]), balanced
-
-
-def _init(key, config, init_scale, classifier_init_scale):
-    net = relu.init_relu(jax.random.fold_in(key, 0), config.dim, config.width, config.head_dim, init_scale=1.0)
-    net = jax.tree_util.tree_map(lambda leaf: init_scale * leaf, net)
-    classifier = (classifier_init_scale / np.sqrt(config.head_dim)
-                  * jax.random.normal(jax.random.fold_in(key, 1), (config.num_classes, config.head_dim)),
-                  jnp.zeros(config.num_classes))
-    return net, classifier
-
-
-def apply_network(net: relu.ReLUParams, x: jax.Array, network="relu") -> tuple[jax.Array, jax.Array]:
-    """(h, z) of a ReLU ("relu", as simulations.models.relu.apply_relu) or linear ("linear": h = W x) network.
-
-    ``network`` may also be a traced flag (1.0 = linear, 0.0 = ReLU), which is how batches mix them.
-    """
-    if isinstance(network, str):
-        check_choice("network", network, NETWORKS)
-        if network == "relu":
-            return relu.apply_relu(net, x)
-        network = 1.0
-    pre = relu.encoder_preactivation(net, x)
-    h = jnp.where(network > 0.5, pre, jax.nn.relu(pre))
-    return h, h @ net.head.T
-
-
-def _objective(config, params, samples, hp, class_weights):
-    net, classifier = params
-    _, z = apply_network(net, samples.x, hp["linear"])
-    if config.loss == "infonce":  # static: see shape_key
-        value = slosses.supcon_loss(z, samples.coarse, hp["temperature"])
-    else:
-        values = jnp.stack([slosses.supervised_spectral_loss(z, samples.coarse, class_weights),
-                            jnp.zeros((), z.dtype),
-                            slosses.cross_entropy_loss(classifier, z, samples.coarse),
-                            slosses.squared_loss(classifier, z, samples.coarse)])
-        value = jnp.sum(jax.nn.one_hot(hp["loss_index"], len(LOSSES), dtype=values.dtype) * values)
-    squares = sum(jnp.sum(leaf * leaf) for leaf in jax.tree_util.tree_leaves(net))
-    return value + 0.5 * hp["weight_decay"] * squares
-
-
-def _train(config, params, mixture, key, hp):
-    """Gradient descent on fresh minibatches: one lax.scan. Returns (params, recorded losses)."""
-    class_weights = sdata_class_weights(mixture, config.num_classes)
-    grad = jax.value_and_grad(lambda p, s: _objective(config, p, s, hp, class_weights))
-
-    def step(params, index):
-        batch = sdata.sample(mixture, jax.random.fold_in(key, index), config.batch_size, augment_std=hp["augment_std"])
-        value, grads = grad(params, batch)
-        return jax.tree_util.tree_map(lambda p, g: p - hp["learning_rate"] * g, params, grads), value
-
-    def record(params, block):
-        params, values = jax.lax.scan(step, params, block * RECORD_EVERY + jnp.arange(RECORD_EVERY))
-        return params, jnp.mean(values)
-
-    return jax.lax.scan(record, params, jnp.arange(config.steps // RECORD_EVERY))
-
-
-def sdata_class_weights(mixture: sdata.Mixture, num_classes: int) -> jax.Array:
-    """pi_c of a mixture (traceable), (C,)."""
-    return jax.ops.segment_sum(jnp.asarray(mixture.weights), jnp.asarray(mixture.coarse), num_segments=num_classes)
-
-
-# ----------------------------------------------------------------------------------------------
-# Measurements
-# ----------------------------------------------------------------------------------------------
-
-
-def _layer_readouts(train_features, train, test_features, test, ridge, num_classes, num_groups):
-    """Every probe of one layer from one normalization and one ridge solve (targets share the Gram).
-
-    Targets: the fine code (R^2 and sign accuracy over samples that have a subclass) and the
-    one-hot coarse label (last-layer retraining on group-balanced data: a ridge fit per class,
-    prediction = argmax; worst-group and average accuracy).
-
-    Returns:
-        (dict of measurements, test scores (n, C) of the retrained last layer).
-    """
-    a, b = normalize_representation(train_features, test_features)
-    onehot = jax.nn.one_hot(train.coarse, num_classes, dtype=a.dtype)
-    onehot_test = jax.nn.one_hot(test.coarse, num_classes, dtype=a.dtype)
-    targets = jnp.concatenate([train.fine[:, None], onehot], axis=1)
-    test_targets = jnp.concatenate([test.fine[:, None], onehot_test], axis=1)
-    fits = jax.vmap(lambda y, y_test: ridge_probe(a, y, b, y_test, ridge), in_axes=(1, 1))(targets, test_targets)
-    scores = b @ fits.weights.T + fits.intercept  # (n, 1 + C)
-    has_fine = test.fine != 0
-    fine_accuracy = jnp.sum((jnp.sign(scores[:, 0]) == test.fine) * has_fine) / jnp.maximum(jnp.sum(has_fine), 1)
-    correct = (jnp.argmax(scores[:, 1:], axis=1) == test.coarse).astype(a.dtype)
-    members = jax.nn.one_hot(test.group, num_groups, dtype=a.dtype)
-    group_accuracy = (members.T @ correct) / jnp.maximum(members.sum(axis=0), 1.0)
-    present = members.sum(axis=0) > 0
-    worst = jnp.min(jnp.where(present, group_accuracy, jnp.inf))
-    return ({"fine_r2": fits.r2[0], "fine_accuracy": fine_accuracy, "worst_group": worst,
-             "average": jnp.mean(correct), "group_accuracy": group_accuracy}, scores[:, 1:])
-
-
-def _pad(features, width):
-    """Zero columns up to ``width`` (they change neither the normalization nor the ridge fit)."""
-    return jnp.pad(features, ((0, 0), (0, width - features.shape[1])))
-
-
-def _effects(score, test):
-    """Core and spurious effects of a scalar score on shift data (group means, groups 2y + a).
-
-    core = mean over a of E[s | y=0, a] - E[s | y=1, a]; spurious = mean over y of
-    E[s | y, a=0] - E[s | y, a=1]. A readout that ignores the spurious feature has spurious ~ 0.
-    """
-    members = jax.nn.one_hot(test.group, 4, dtype=score.dtype)
-    means = (members.T @ score) / jnp.maximum(members.sum(axis=0), 1.0)  # groups (y, a) = 00, 01, 10, 11
-    core = 0.5 * ((means[0] - means[2]) + (means[1] - means[3]))
-    spurious = 0.5 * ((means[0] - means[1]) + (means[2] - means[3]))
-    return core, spurious
-
-
 def _point(config, key, hp):
     """Train one network and measure it (traced in key and hp; vmapped over points)."""
-    train_mixture, eval_mixture = _mixtures(config.task, config.dim, config.num_classes, hp)
-    params0 = _init(jax.random.fold_in(key, _INIT_STREAM), config, hp["init_scale"], hp["classifier_init_scale"])
-    params, losses = _train(config, params0, train_mixture, jax.random.fold_in(key, _TRAIN_STREAM), hp)
-    net, classifier = params
-    train = sdata.sample(eval_mixture, jax.random.fold_in(key, _PROBE_TRAIN_STREAM), config.n_probe)
-    test = sdata.sample(eval_mixture, jax.random.fold_in(key, _PROBE_TEST_STREAM), config.n_test)
-    h_train, z_train = apply_network(net, train.x, hp["linear"])
-    h_test, z_test = apply_network(net, test.x, hp["linear"])
-    num_groups = int(np.max(np.asarray(_templates(config.task, config.dim, config.num_classes)[0].group))) + 1
-    widest = max(config.dim, config.width, config.head_dim)
-    train_layers = jnp.stack([_pad(f, widest) for f in (train.x, h_train, z_train)])
-    test_layers = jnp.stack([_pad(f, widest) for f in (test.x, h_test, z_test)])
-    layers, scores = jax.vmap(lambda a, b: _layer_readouts(a, train, b, test, hp["ridge"], config.num_classes,
-                                                           num_groups))(train_layers, test_layers)
-    out = {name: jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], layers) for i, name in enumerate(LAYERS)}
-    readouts = {name: scores[i, :, 1] - scores[i, :, 0] for i, name in enumerate(LAYERS)}  # evidence for class 1
-    # Weights: how collapsed the head is and what its readouts use.
-    _, singular, vt = serial_linalg.svd(net.head)
-    head_direction = h_test @ vt[0]
-    weights = {"head_singular_values": singular, "head_top_share": singular[0] ** 2 / jnp.sum(singular**2)}
-    if config.task == "shift":
-        for name in ("pre", "post"):
-            core, spurious = _effects(readouts[name], test)
-            weights[f"{name}_core_effect"] = core
-            weights[f"{name}_spurious_effect"] = spurious
-            weights[f"{name}_spurious_ratio"] = jnp.abs(spurious) / jnp.maximum(jnp.abs(core), 1e-30)
-        core, spurious = _effects(head_direction, test)
-        weights["head_top_spurious_ratio"] = jnp.abs(spurious) / jnp.maximum(jnp.abs(core), 1e-30)
-        encoder = net.encoder
-        weights["encoder_core_norm"] = jnp.linalg.norm(encoder[:, 0])
-        weights["encoder_spurious_norm"] = jnp.linalg.norm(encoder[:, 1])
-    else:
-        for key_name in ("pre_spurious_ratio", "post_spurious_ratio", "head_top_spurious_ratio"):
-            weights[key_name] = jnp.asarray(jnp.nan)
-    logits = slosses.classifier_logits(classifier, z_test)  # untrained (ignored) for contrastive losses
-    correct = (jnp.argmax(logits, axis=1) == test.coarse).astype(logits.dtype)
-    members = jax.nn.one_hot(test.group, num_groups, dtype=logits.dtype)
-    accuracy = (members.T @ correct) / jnp.maximum(members.sum(axis=0), 1.0)
-    classifier_worst = jnp.min(jnp.where(members.sum(axis=0) > 0, accuracy, jnp.inf))
-    return out, weights, losses, classifier_worst
+    train_mixture, eval_mixture = sdata.task_mixtures(config.task, config.dim, config.num_classes, hp)
+    params0 = common.init_networks(jax.random.fold_in(key, common.INIT_STREAM), dim=config.dim, width=config.width,
+                                   head_dim=config.head_dim, num_classes=config.num_classes,
+                                   init_scale=hp["init_scale"], classifier_init_scale=hp["classifier_init_scale"])
+    class_weights = sdata.class_weights(train_mixture, config.num_classes)
+    train_key = jax.random.fold_in(key, common.TRAIN_STREAM)
+
+    def objective(params, batch):
+        net, classifier = params
+        _, z = common.apply_network(net, batch.x, hp["linear"])
+        if config.loss == "infonce":  # static: see shape_key
+            return slosses.supcon_loss(z, batch.coarse, hp["temperature"])
+        return common.mixed_loss_value(hp["loss_index"], z, classifier, batch.coarse, class_weights)
+
+    trained = descend(objective, params0, steps=config.steps, record_every=RECORD_EVERY,
+                      learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"],
+                      decayed=lambda params: params[0], record="mean", record_params=False,
+                      batch=lambda index: sdata.sample(train_mixture, jax.random.fold_in(train_key, index),
+                                                       config.batch_size, augment_std=hp["augment_std"]))
+    net, classifier = trained.params
+    measured = common.measure(net, classifier, eval_mixture, key, hp, task=config.task, dim=config.dim,
+                              num_classes=config.num_classes, width=config.width, head_dim=config.head_dim,
+                              n_probe=config.n_probe, n_test=config.n_test)
+    return (*measured, trained.losses)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _program(config_template: SupervisedConfig):
     """The jitted, vmapped program of one shape_key (a config with that key stands for it)."""
     return jax.jit(jax.vmap(lambda key, hp: _point(config_template, key, hp)))
@@ -381,285 +185,113 @@ def _program(config_template: SupervisedConfig):
 
 def _template(config: SupervisedConfig) -> SupervisedConfig:
     """A canonical config of the same shape_key (traced fields at their defaults) to key the cache."""
-    traced = {name: getattr(CONFIG, name) for name in _TRACED}
+    defaults = SupervisedConfig()
+    traced = {name: getattr(defaults, name) for name in TRACED}
     traced["noise_std"] = 0.2
-    loss = "infonce" if config.loss == "infonce" else CONFIG.loss
-    return dataclasses.replace(config, seed=0, loss=loss, network=CONFIG.network, **traced)
+    loss = "infonce" if config.loss == "infonce" else defaults.loss
+    return dataclasses.replace(config, seed=0, loss=loss, network=defaults.network, **traced)
 
 
-def run_supervised_batch(configs: Sequence[SupervisedConfig], *, place=None) -> list[dict[str, Any]]:
+def run_batch(configs: Sequence[SupervisedConfig], *, place=None) -> SupervisedResult:
     """Run configurations sharing a shape_key as one vmapped, jitted program.
 
-    Seeds and every float hyperparameter (data strengths, init scales, weight decay, learning
-    rate, temperature, ridge) are traced, so changing them never recompiles; each point's numbers
-    do not depend on what else is in the batch.
-
-    Args:
-        configs: non-empty sequence of SupervisedConfig with equal shape_key.
-        place: optional function applied to every pytree of stacked per-point arrays (keys and
-            hyperparameters) before the program (the sweep engine uses it to shard points).
-
-    Returns:
-        One dict per config: ``input``/``pre``/``post`` ({fine_r2, fine_accuracy, worst_group,
-        average, group_accuracy (G,)}), ``weights`` (head singular values and top share; for
-        shift the core and spurious effects of each layer's retrained readout), ``losses``
-        (recorded minibatch losses, (steps / RECORD_EVERY,)), ``times`` (learning_rate x step),
-        ``diagnostics`` and ``config``.
+    Seeds and every float hyperparameter are traced (changing them never recompiles); each
+    point's numbers do not depend on what else is in the batch. ``place`` (optional) is applied
+    to every stacked per-point pytree before the program (the sweep engine shards points with it).
 
     Raises:
-        FlowDivergenceError: if a training loss became non-finite (names the step and a remedy).
+        TrainingDivergenceError: a non-finite training loss (names the step and a remedy).
     """
-    if not configs:
-        raise ValueError("configs must hold at least one SupervisedConfig")
-    keys = {shape_key(c) for c in configs}
-    if len(keys) != 1:
-        raise ValueError(f"configs must share one shape_key to run as one batch, got {sorted(keys, key=str)}")
+    configs = list(configs)
+    check_one_shape(EXPERIMENT, configs)
     place = place or (lambda tree: tree)
     dtype = jax.dtypes.canonicalize_dtype(np.float64)
     root_keys = place(jnp.stack([jax.random.PRNGKey(c.seed) for c in configs]))
-    hp = {name: jnp.asarray([getattr(c, name) for c in configs], dtype=dtype) for name in _TRACED}
+    hp = {name: jnp.asarray([getattr(c, name) for c in configs], dtype=dtype) for name in TRACED}
     hp["loss_index"] = jnp.asarray([LOSSES.index(c.loss) for c in configs])
     hp["linear"] = jnp.asarray([float(c.network == "linear") for c in configs], dtype=dtype)
-    hp = place(hp)
-    out, weights, losses, classifier_worst = _program(_template(configs[0]))(root_keys, hp)
-    out, weights = jax.tree_util.tree_map(np.asarray, (out, weights))
-    losses, classifier_worst = np.asarray(losses), np.asarray(classifier_worst)
-    results = []
+    layer_in, layer_pre, layer_post, weights, classifier_worst, losses = jax.tree_util.tree_map(
+        np.asarray, _program(_template(configs[0]))(root_keys, place(hp)))
     for index, config in enumerate(configs):
-        if not np.all(np.isfinite(losses[index])):
-            first = (int(np.argmin(np.isfinite(losses[index]))) + 1) * RECORD_EVERY
-            raise FlowDivergenceError(
-                f"supervised training diverged: non-finite loss by step {first} (seed {config.seed}, loss "
-                f"{config.loss}). Remedy: lower learning_rate (now {config.learning_rate}) or init_scale, "
-                f"or add weight_decay.")
-
-        def pick(tree):
-            return jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
-
-        layers = pick(out)
-        result = {name: {k: (float(v) if np.ndim(v) == 0 else v) for k, v in layers[name].items()}
-                  for name in ("input", "pre", "post")}
-        result.update({
-            "config": dataclasses.asdict(config),
-            "weights": {k: (float(v) if np.ndim(v) == 0 else v) for k, v in pick(weights).items()},
-            "losses": losses[index],
-            "times": config.learning_rate * RECORD_EVERY * (np.arange(losses.shape[1]) + 1),
-            "diagnostics": {"final_loss": float(losses[index, -1]),
-                            "classifier_worst_group": (float("nan") if config.loss in CONTRASTIVE
-                                                       else float(classifier_worst[index]))},
-        })
-        results.append(result)
-    return results
+        check_finite(losses[index], record_every=RECORD_EVERY, learning_rate=config.learning_rate,
+                     what=f"supervised training (seed {config.seed}, loss {config.loss})", remedy="init_scale")
+    contrastive = np.asarray([c.loss in CONTRASTIVE for c in configs])
+    diagnostics = common.SupervisedDiagnostics(final_loss=losses[:, -1],
+                                               classifier_worst_group=np.where(contrastive, np.nan, classifier_worst),
+                                               steps=np.asarray([c.steps for c in configs]))
+    times = np.stack([c.learning_rate * RECORD_EVERY * (np.arange(losses.shape[1]) + 1) for c in configs])
+    return SupervisedResult(layer_in, layer_pre, layer_post, weights, losses, times, diagnostics)
 
 
-def run_supervised(config: SupervisedConfig, *, place=None) -> dict[str, Any]:
-    """``run_supervised_batch([config])[0]``."""
-    return run_supervised_batch([config], place=place)[0]
+def predict(config: SupervisedConfig) -> None:
+    """No closed form for ReLU networks (the linear theory is simulations.experiments.linear_supervised)."""
+    return None
 
 
-# ----------------------------------------------------------------------------------------------
-# Linear networks on the exact population losses (the linear theory's testbed)
-# ----------------------------------------------------------------------------------------------
-
-LINEAR_LOSSES = ("spectral", "squared")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LinearSupervisedConfig:
-    """A deep linear network trained by gradient flow on an exact supervised population loss.
-
-    Attributes:
-        loss: "spectral" (supervised spectral contrastive, depth 2: encoder and head) or "squared"
-            (squared loss to one-hot labels, depth 3: encoder, head and classifier).
-        dim, num_classes, separation, noise_std, class_offset: the coarse_to_fine mixture
-            (class_offset > 0 gives the class means a linear network can learn).
-        rotate: apply a Haar-random rotation (from the seed) to the inputs, so A and B are not diagonal.
-        width: hidden widths; None means num_classes (the learned rank).
-        init_scale: balanced init, per-layer singular value.
-        seed: root seed (rotation: stream 1, init: stream 0).
-    """
-
-    loss: str = "spectral"
-    dim: int = 6
-    num_classes: int = 2
-    separation: float = 1.0
-    noise_std: float = 0.2
-    class_offset: float = 0.5
-    rotate: bool = True
-    width: int | None = None
-    init_scale: float = 0.05
-    seed: int = 0
-
-    def __post_init__(self):
-        check_choice("loss", self.loss, LINEAR_LOSSES)
-        self.mixture_numpy()  # validates the data fields
-        if self.width is not None:
-            check_int("width", self.width, minimum=1)
-        object.__setattr__(self, "init_scale", check_float("init_scale", self.init_scale, minimum=0.0,
-                                                           strict_minimum=True))
-
-    @property
-    def depth(self) -> int:
-        return 2 if self.loss == "spectral" else 3
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        p = self.width or self.num_classes
-        return (p, p) if self.loss == "spectral" else (p, p, self.num_classes)
-
-    def mixture_numpy(self) -> sdata.Mixture:
-        """The (optionally rotated) mixture as NumPy arrays."""
-        mixture = sdata.coarse_to_fine(dim=self.dim, num_classes=self.num_classes, separation=self.separation,
-                                       noise_std=self.noise_std, class_offset=self.class_offset)
-        if self.rotate:
-            q, r = np.linalg.qr(np.random.default_rng([self.seed, 1]).standard_normal((self.dim, self.dim)))
-            mixture = sdata.rotate(mixture, q * np.sign(np.diag(r)))
-        return sdata.Mixture(*(np.asarray(leaf) for leaf in mixture))
-
-    @classmethod
-    def quick(cls, **overrides) -> "LinearSupervisedConfig":
-        return cls(**{"init_scale": 0.1, **overrides})
+def _summary(point: SupervisedResult, config: SupervisedConfig) -> dict:
+    if config.task == "shift":
+        return {layer: {"worst_group": float(getattr(point, layer).worst_group),
+                        "average": float(getattr(point, layer).average)} for layer in ("pre", "post")}
+    return {layer: {"fine": float(getattr(point, layer).fine_r2)} for layer in ("pre", "post")}
 
 
-def _linear_spectral_loss(params, args):
-    pos_cov, second_moment = args
-    return slosses.supervised_spectral_population_loss(models.end_to_end(params), pos_cov, second_moment)
+def _diagnostics(point: SupervisedResult) -> dict:
+    d = point.diagnostics
+    worst = float(d.classifier_worst_group)
+    return {"final_loss": float(d.final_loss), "steps": int(d.steps),
+            "classifier_worst_group": None if np.isnan(worst) else worst}
 
 
-def _linear_squared_loss(params, args):
-    class_cross, second_moment = args
-    return slosses.squared_population_loss(models.end_to_end(params), class_cross, second_moment)
+def report(points, configs) -> dict:
+    """``--json``: for the command's three runs {"supcon": {"pre": {"fine"}, "post"}, "cross_entropy": ...,
+    "shift": {"pre": {"worst_group", "average"}, "post"}, "diagnostics": {run: {final_loss, steps,
+    classifier_worst_group}}}; for one run its own entry and diagnostics."""
+    if isinstance(points, SupervisedResult):
+        return {**_summary(points, configs), "diagnostics": _diagnostics(points)}
+    names = ARMS if len(points) == len(ARMS) else [f"run{i}" for i in range(len(points))]
+    out = {name: _summary(point, config) for name, point, config in zip(names, points, configs)}
+    return {**out, "diagnostics": {name: _diagnostics(point) for name, point in zip(names, points)}}
 
 
-def predict_linear(config: LinearSupervisedConfig) -> dict[str, np.ndarray]:
-    """Closed-form layer Grams (L, d, d), class-mean-direction weights (L, C) and subclass
-    separations (L, S) of theory.supervised for this configuration."""
-    m = config.mixture_numpy()
-    A, B = supervised_theory.supervised_moments(m.means, m.weights, m.coarse, m.noise_std, config.num_classes)
-    if config.loss == "spectral":
-        grams = supervised_theory.contrastive_layer_grams(A, B, config.depth, min(config.widths))
-    else:
-        M = supervised_theory.class_cross_moment(m.means, m.weights, m.coarse, config.num_classes)
-        grams = supervised_theory.squared_loss_layer_grams(M, B, config.depth)
-    return _linear_measurements(grams, m, config.num_classes)
-
-
-def _linear_measurements(grams, mixture, num_classes):
-    class_means = supervised_theory.class_means(mixture.means, mixture.weights, mixture.coarse, num_classes)
-    return {"grams": grams,
-            "class_mean_weights": supervised_theory.direction_weights(grams, class_means),
-            "subclass_separation": supervised_theory.subclass_separation(grams, mixture.means, mixture.weights,
-                                                                         mixture.coarse, num_classes)}
-
-
-def run_linear_supervised(config: LinearSupervisedConfig, *, options=None) -> dict[str, Any]:
-    """Train the linear network to a certified steady state and compare its layers with theory.supervised.
-
-    Returns a dict with ``measured`` and ``predicted`` (each {grams (L, d, d), class_mean_weights
-    (L, C), subclass_separation (L, S)}), ``diagnostics`` (flow: converged, t_final, loss) and
-    ``config``.
-    """
-    from simulations.flow import gradient_flow
-
-    m = config.mixture_numpy()
-    with jax.enable_x64(True):
-        A, B = supervised_theory.supervised_moments(m.means, m.weights, m.coarse, m.noise_std, config.num_classes)
-        if config.loss == "spectral":
-            loss_fn, args = _linear_spectral_loss, (jnp.asarray(A), jnp.asarray(B))
-        else:
-            M = supervised_theory.class_cross_moment(m.means, m.weights, m.coarse, config.num_classes)
-            loss_fn, args = _linear_squared_loss, (jnp.asarray(M), jnp.asarray(B))
-        params0 = models.init_balanced(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0), config.dim,
-                                       config.widths, init_scale=config.init_scale)
-        flow = gradient_flow(loss_fn, params0, args, options=options)
-        grams = np.stack([np.asarray(P.T @ P) for P in models.layer_maps(flow.params)])
-    return {"config": dataclasses.asdict(config),
-            "measured": _linear_measurements(grams, m, config.num_classes),
-            "predicted": predict_linear(config),
-            "params": flow.params,
-            "diagnostics": {"converged": bool(flow.converged), "t_final": float(flow.t_final),
-                            "loss": float(flow.loss)}}
-
-
-def contract_configs(*, quick: bool, seed: int, **overrides) -> dict[str, SupervisedConfig]:
-    """The three runs behind the CLI's JSON: supervised contrastive and cross-entropy on
-    coarse_to_fine, cross-entropy on shift."""
-    make = SupervisedConfig.quick if quick else SupervisedConfig
-    return {
-        "supcon": make(task="coarse_to_fine", loss="spectral", seed=seed, **overrides),
-        "cross_entropy": make(task="coarse_to_fine", loss="cross_entropy", seed=seed, **overrides),
-        "shift": make(task="shift", loss="cross_entropy", seed=seed, **overrides),
-    }
-
-
-def run_contract(configs: dict[str, SupervisedConfig]) -> dict[str, dict[str, Any]]:
-    """Run named configs, batching those that share a shape_key (one compiled program per key)."""
-    groups: dict[tuple, list[str]] = {}
-    for name, config in configs.items():
-        groups.setdefault(shape_key(config), []).append(name)
-    results = {}
-    for names in groups.values():
-        for name, result in zip(names, run_supervised_batch([configs[n] for n in names])):
-            results[name] = result
-    return {name: results[name] for name in configs}
-
-
-def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The CLI's public JSON object from the three runs of :func:`contract_configs`."""
-    return {
-        "supcon": {layer: {"fine": results["supcon"][layer]["fine_r2"]} for layer in ("pre", "post")},
-        "cross_entropy": {layer: {"fine": results["cross_entropy"][layer]["fine_r2"]} for layer in ("pre", "post")},
-        "shift": {layer: {"worst_group": results["shift"][layer]["worst_group"],
-                          "average": results["shift"][layer]["average"]} for layer in ("pre", "post")},
-    }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `supervised` subcommand's flags (public contract: --quick, --seed, --json and the JSON keys)."""
-    parser.add_argument("--quick", action="store_true", help="fewer steps and probe samples (seconds)")
-    parser.add_argument("--seed", type=int, default=0, help="root seed of init, batches and probes (default 0)")
-    parser.add_argument("--contrastive-form", choices=CONTRASTIVE, default="spectral",
-                        help="supervised contrastive loss behind the 'supcon' entry (default %(default)s)")
-    parser.add_argument("--init-scale", type=float, default=CONFIG.init_scale,
-                        help="init scale eps of encoder and head (default %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=CONFIG.weight_decay,
-                        help="(wd/2)(||W||^2 + ||V||^2) during training (default %(default)s)")
-    parser.add_argument("--agreement", type=float, default=CONFIG.agreement,
-                        help="P(spurious = label) in training for the shift task (default %(default)s)")
-    parser.add_argument("--out", default="results/supervised", help="where to save results without --json")
-    parser.add_argument("--json", action="store_true",
-                        help='print one JSON object {"supcon", "cross_entropy", "shift"} and save nothing')
-
-
-def main(args: argparse.Namespace) -> int:
-    configs = contract_configs(quick=args.quick, seed=args.seed, init_scale=args.init_scale,
-                               weight_decay=args.weight_decay, agreement=args.agreement)
-    configs["supcon"] = dataclasses.replace(configs["supcon"], loss=args.contrastive_form)
-    results = run_contract(configs)
-    summary = summarize(results)
-    if args.json:
-        print(json.dumps(summary))
-        return 0
-    from simulations.results import save_results
-
-    print(format_table(results))
-    arrays = {f"{name}_{layer}_{field}": results[name][layer][field] for name in results
-              for layer in ("input", "pre", "post") for field in ("fine_r2", "worst_group", "average")}
-    npz, _ = save_results(args.out, "supervised", arrays,
-                          {"summary": summary, "seed": args.seed,
-                           "configs": {name: results[name]["config"] for name in results},
-                           "weights": {name: results[name]["weights"] for name in results},
-                           "diagnostics": {name: results[name]["diagnostics"] for name in results}})
-    print(f"saved {npz} and its .json record", file=sys.stderr)
-    return 0
-
-
-def format_table(results: dict[str, dict[str, Any]]) -> str:
+def table(points, configs) -> str:
     """Readable table: fine-label R^2 and retrained worst-group / average accuracy per layer."""
-    lines = ["run            layer  fine R2  fine acc  worst-group  average"]
-    for name, result in results.items():
-        for layer in ("input", "pre", "post"):
-            r = result[layer]
-            lines.append(f"{name:13s}  {layer:5s}  {r['fine_r2']:7.3f}  {r['fine_accuracy']:8.3f}  "
-                         f"{r['worst_group']:11.3f}  {r['average']:7.3f}")
+    if isinstance(points, SupervisedResult):
+        points, configs = [points], [configs]
+    names = ARMS if len(points) == len(ARMS) else [f"run{i}" for i in range(len(points))]
+    lines = ["run            layer  fine R2  fine acc  worst-group  average  (final loss, steps)"]
+    for name, point in zip(names, points):
+        for layer in LAYERS:
+            r = getattr(point, layer)
+            lines.append(f"{name:13s}  {layer:5s}  {r.fine_r2:7.3f}  {r.fine_accuracy:8.3f}  "
+                         f"{r.worst_group:11.3f}  {r.average:7.3f}")
+        lines[-1] += f"  ({float(point.diagnostics.final_loss):.5g}, {int(point.diagnostics.steps)})"
     return "\n".join(lines)
+
+
+def _command_fields() -> type:
+    """The command's flags: every SupervisedConfig field but task and loss, plus contrastive_form."""
+    fields = [(f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
+              for f in dataclasses.fields(SupervisedConfig) if f.name not in ("task", "loss")]
+    fields.append(("contrastive_form", "str", dataclasses.field(default="spectral",
+                                                                 metadata={"choices": CONTRASTIVE})))
+    cls = dataclasses.make_dataclass("SupervisedCommandFields", fields, frozen=True, kw_only=True)
+    cls.__module__ = __name__
+    cls.__doc__ = (SupervisedConfig.__doc__.rstrip() + "\n        contrastive_form: supervised contrastive loss of "
+                   "the 'supcon' run: \"spectral\" or \"infonce\" (SupCon).\n")
+    return cls
+
+
+def build(fields: dict, quick: bool) -> list[SupervisedConfig]:
+    """The command's three configs (ARMS order) from its flags; every flag applies to all three."""
+    fields = dict(fields)
+    form = check_choice("contrastive_form", fields.pop("contrastive_form", "spectral"), CONTRASTIVE)
+    make = SupervisedConfig.quick if quick else SupervisedConfig
+    return [make(task="coarse_to_fine", loss=form, **fields),
+            make(task="coarse_to_fine", loss="cross_entropy", **fields),
+            make(task="shift", loss="cross_entropy", **fields)]
+
+
+EXPERIMENT = Experiment(
+    name="supervised", config=SupervisedConfig, run_batch=run_batch, result=SupervisedResult, shape_key=shape_key,
+    predict=predict, report=report, table=table, doc=__doc__,
+    command=Command(config_fields=_command_fields(), build=build))

@@ -10,17 +10,16 @@ compared with theory.linear.layer_weights (or the weight-decay basin prediction)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from simulations import measure, models
+from simulations.experiment import Command, Experiment, point, run
 from simulations.flow import FlowOptions, gradient_flow
 from simulations.losses import spectral_population_loss, weight_decay_penalty
 from theory import linear as linear_theory
@@ -29,6 +28,8 @@ from theory.checks import check_choice, check_float, check_int
 from theory.moments import validate_moments
 
 PRECISIONS = ("float64", "float32")
+#: The flow's default settings, built (and validated) once instead of on every solve.
+DEFAULT_OPTIONS = FlowOptions()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,16 +37,16 @@ class WeightingConfig:
     """One weighting experiment (diagonal features; every default documented here and in --help).
 
     Attributes:
-        pos_cov: a_i = E[x_i x+_i] per feature.
-        second_moment: b_i = E[x_i^2] per feature (> 0, |a_i| <= b_i).
+        pos_cov: comma-separated a_i = E[x_i x+_i] (positive-pair covariance), one per feature.
+        second_moment: comma-separated b_i = E[x_i^2] (> 0, |a_i| <= b_i).
         depth: number of layers L >= 1.
-        width: every layer's width; None means d (wide enough to learn every positive feature).
-        weight_decay: penalty (weight_decay / 2) sum_l ||W_l||_F^2.
-        init: "balanced" (exact, random orientation), "gaussian" (N(0, eps^2 / fan_in) entries) or
-            "aligned" (balanced and diagonal in the feature basis: the per-feature theory is exact).
-        init_scale: per-layer singular value eps (balanced) or scale (gaussian). Default 0.1.
-        seed: root seed of the initialization.
-        precision: "float64" (default; needed for 1e-3 agreement) or "float32".
+        width: width of every layer (default: d, wide enough to learn every positive feature).
+        weight_decay: penalty (wd/2) sum_l ||W_l||_F^2.
+        init: balanced: exact, random orientation; gaussian: N(0, eps^2/fan_in) entries; aligned:
+            balanced and diagonal in the feature basis (the per-feature theory is exact).
+        init_scale: per-layer singular value eps of the init (balanced) or its scale (gaussian).
+        seed: initialization seed.
+        precision: float64 (needed for 1e-3 agreement with theory) or float32.
     """
 
     pos_cov: tuple[float, ...] = (0.9, 0.5, 0.8)
@@ -53,10 +54,10 @@ class WeightingConfig:
     depth: int = 2
     width: int | None = None
     weight_decay: float = 0.0
-    init: str = models.DEFAULT_INIT
+    init: str = dataclasses.field(default=models.DEFAULT_INIT, metadata={"choices": models.INITS})
     init_scale: float = models.DEFAULT_INIT_SCALE
     seed: int = 0
-    precision: str = "float64"
+    precision: str = dataclasses.field(default="float64", metadata={"choices": PRECISIONS})
 
     def __post_init__(self):
         moments = validate_moments(self.pos_cov, self.second_moment)
@@ -82,9 +83,63 @@ class WeightingConfig:
         return (self.width or self.dim,) * self.depth
 
     @classmethod
-    def quick(cls, **overrides) -> "WeightingConfig":
+    def quick(cls, **overrides) -> WeightingConfig:
         """A seconds-long smoke-test configuration."""
         return cls(**{"depth": 2, "init_scale": 0.3, **overrides})
+
+
+class Diagnostics(NamedTuple):
+    """How each gradient flow ended (one entry per point when batched): converged (a certified steady
+    state), flow time t_final, integrator steps, final loss, the predicted weights' closed-form
+    predicted_loss, the smallest Hessian eigenvalue min_curvature, saddle-escape restarts, and
+    at_saddle (ended on a certified saddle)."""
+
+    converged: np.ndarray
+    t_final: np.ndarray
+    steps: np.ndarray
+    loss: np.ndarray
+    predicted_loss: np.ndarray
+    min_curvature: np.ndarray
+    restarts: np.ndarray
+    at_saddle: np.ndarray
+
+
+class WeightingResult(NamedTuple):
+    """Measured and predicted per-feature weights of trained networks (leading point axis when batched).
+
+    Attributes:
+        measured, predicted: ||P_l e_i||, (L, d).
+        measured_stds, predicted_stds: per-feature standard deviations weight * sqrt(b_i), (L, d).
+        effective_rank: entropy effective rank of every layer's representation, (L,).
+        predicted_effective_rank: its closed form, (L,) (NaN under weight decay: no closed form).
+        diagnostics: :class:`Diagnostics`.
+        trajectory: measured weights at ``times``, (T, L, d), or None without times.
+        times: the recorded flow times, (T,), or None.
+    """
+
+    measured: np.ndarray
+    predicted: np.ndarray
+    measured_stds: np.ndarray
+    predicted_stds: np.ndarray
+    effective_rank: np.ndarray
+    predicted_effective_rank: np.ndarray
+    diagnostics: Diagnostics
+    trajectory: np.ndarray | None
+    times: np.ndarray | None
+
+    #: Names of the array axes after the point axis (the sweep's labelled Dataset uses them).
+    DIMS = {"measured": ("layer", "feature"), "predicted": ("layer", "feature"),
+            "measured_stds": ("layer", "feature"), "predicted_stds": ("layer", "feature"),
+            "effective_rank": ("layer",), "predicted_effective_rank": ("layer",),
+            "trajectory": ("time", "layer", "feature"), "times": ("time",)}
+
+
+class Prediction(NamedTuple):
+    """Closed-form weights (L, d), standard deviations (L, d) and loss of :func:`predict`."""
+
+    weights: np.ndarray
+    stds: np.ndarray
+    loss: float
 
 
 def population_loss(params, args) -> jax.Array:
@@ -93,7 +148,13 @@ def population_loss(params, args) -> jax.Array:
     return spectral_population_loss(params, pos_cov, second_moment) + weight_decay_penalty(params, weight_decay)
 
 
-def predict(config: WeightingConfig) -> dict[str, Any]:
+def feature_losses(a, b, depth, weight_decay, sigma):
+    """Per-feature loss -2 a s^2 + b^2 s^4 + (wd/2) L sigma^2 with s = sigma^L (sigma: per-layer weight)."""
+    s = sigma**depth
+    return -2 * a * s**2 + b**2 * s**4 + 0.5 * weight_decay * depth * sigma**2
+
+
+def predict(config: WeightingConfig) -> Prediction:
     """Closed-form predictions matching :func:`run_weighting`'s measurements.
 
     Which features can be learned: the top-p positive ratios (p = narrowest width) for random
@@ -118,35 +179,31 @@ def predict(config: WeightingConfig) -> dict[str, Any]:
     else:
         weights = linear_theory.layer_weights(a, b, config.depth)
     weights = np.asarray(weights) * learnable[None, :]
-    loss = float(np.sum(_feature_losses(a, b, config.depth, config.weight_decay, weights[0])))
-    return {"weights": weights, "stds": weights * np.sqrt(b)[None, :], "loss": loss}
+    loss = float(np.sum(feature_losses(a, b, config.depth, config.weight_decay, weights[0])))
+    return Prediction(weights, weights * np.sqrt(b)[None, :], loss)
 
 
-def _feature_losses(a, b, depth, weight_decay, sigma):
-    """Per-feature loss -2 a s^2 + b^2 s^4 + (wd/2) L sigma^2 with s = sigma^L."""
-    s = sigma**depth
-    return -2 * a * s**2 + b**2 * s**4 + 0.5 * weight_decay * depth * sigma**2
+def shape_key(config: WeightingConfig) -> tuple:
+    """The fields that change array shapes: configs with equal keys run as one batch."""
+    return (config.dim, config.widths, config.init, config.precision)
 
 
-def run_weighting(config: WeightingConfig, *, times=None, options: FlowOptions | None = None) -> dict[str, Any]:
-    """Train the network to steady state and measure every layer's per-feature weights.
+def flow_diagnostics(flow, predicted_loss, *, converged=None) -> Diagnostics:
+    """:class:`Diagnostics` of a batched flow result (``converged``, when given, replaces the flow's flag)."""
+    converged = flow.converged if converged is None else converged
+    floats = {name: np.asarray(getattr(flow, name), dtype=np.float64) for name in ("t_final", "loss", "min_curvature")}
+    return Diagnostics(converged=np.asarray(converged, dtype=bool), steps=np.asarray(flow.steps, dtype=np.int64),
+                       predicted_loss=np.asarray(predicted_loss, dtype=np.float64),
+                       restarts=np.asarray(flow.restarts, dtype=np.int64),
+                       at_saddle=np.asarray(flow.at_saddle, dtype=bool), **floats)
 
-    Returns a dict with ``measured`` and ``predicted`` ((L, d) weights), ``measured_stds`` /
-    ``predicted_stds`` ((L, d)), ``effective_rank`` ((L,)), ``diagnostics`` (converged, t_final,
-    steps, loss, predicted_loss, min_curvature, restarts), ``trajectory`` ((T, L, d) weights at
-    ``times``, or None) and ``params`` (the trained layers, for downstream probes).
-    """
-    return run_weighting_batch([config], times=times, options=options)[0]
 
+def fit(configs: Sequence[WeightingConfig], *, times=None, options: FlowOptions | None = None,
+        place=None) -> tuple[WeightingResult, tuple]:
+    """:func:`run_batch` plus the trained layers (a tuple of L arrays with a leading point axis).
 
-def run_weighting_batch(configs: Sequence[WeightingConfig], *, times=None,
-                        options: FlowOptions | None = None, place=None) -> list[dict[str, Any]]:
-    """Run many configurations of one shape (d, depth, width, init, precision) as one vmapped solve.
-
-    Seeds, moments, init scales and weight decays vary freely across ``configs``; they are traced
-    arguments of one compiled program, so changing them never recompiles. ``place`` (sweep
-    protocol, simulations.sweep) is applied to the stacked initial parameters and arguments, e.g.
-    to shard the point axis across devices.
+    The downstream probes and figures that need the trained network call this; everything else
+    calls :func:`run_batch`.
     """
     if not configs:
         raise ValueError("configs must hold at least one WeightingConfig")
@@ -166,56 +223,70 @@ def run_weighting_batch(configs: Sequence[WeightingConfig], *, times=None,
                 jnp.asarray([c.weight_decay for c in configs], dtype=params0[0].dtype))
         if place is not None:
             params0, args = place(params0), place(args)
-        result = gradient_flow(population_loss, params0, args, times=times, options=options, batched=True)
-        measured = np.asarray(jax.vmap(measure.feature_weights)(result.params))
-        trajectory = None
-        if times is not None:
-            trajectory = np.asarray(jax.vmap(jax.vmap(measure.feature_weights))(result.trajectory))
-        outputs = []
-        for index, config in enumerate(configs):
-            params = jax.tree_util.tree_map(lambda leaf: leaf[index], result.params)
-            prediction = predict(config)
-            b = np.asarray(config.second_moment)
-            outputs.append({
-                "config": dataclasses.asdict(config),
-                "params": params,
-                "measured": measured[index],
-                "predicted": prediction["weights"],
-                "measured_stds": measured[index] * np.sqrt(b)[None, :],
-                "predicted_stds": prediction["stds"],
-                "effective_rank": measure.effective_rank(params, np.diag(b)),
-                "predicted_effective_rank": linear_theory.effective_rank(
-                    config.pos_cov, config.second_moment, config.depth, min(config.widths))
-                if config.weight_decay == 0 else None,
-                "trajectory": None if trajectory is None else trajectory[index],
-                "times": None if times is None else np.asarray(times),
-                "diagnostics": {
-                    "converged": bool(result.converged[index]),
-                    "t_final": float(result.t_final[index]),
-                    "steps": int(result.steps[index]),
-                    "loss": float(result.loss[index]),
-                    "predicted_loss": prediction["loss"],
-                    "min_curvature": float(result.min_curvature[index]),
-                    "restarts": int(result.restarts[index]),
-                    "at_saddle": bool(result.at_saddle[index]),
-                },
-            })
-    return outputs
+        flow = gradient_flow(population_loss, params0, args, times=times, options=options or DEFAULT_OPTIONS,
+                             batched=True)
+        measured = np.asarray(jax.vmap(measure.feature_weights)(flow.params))
+        trajectory = None if times is None else np.asarray(jax.vmap(jax.vmap(measure.feature_weights))(flow.trajectory))
+        predictions = [predict(config) for config in configs]
+        b = np.asarray([config.second_moment for config in configs])
+        effective_rank = np.stack([measure.effective_rank(point(flow.params, i), np.diag(b[i]))
+                                   for i in range(len(configs))])
+        predicted_rank = np.stack([linear_theory.effective_rank(c.pos_cov, c.second_moment, c.depth, min(c.widths))
+                                   if c.weight_decay == 0 else np.full(c.depth, np.nan) for c in configs])
+    result = WeightingResult(
+        measured=measured, predicted=np.stack([p.weights for p in predictions]),
+        measured_stds=measured * np.sqrt(b)[:, None, :], predicted_stds=np.stack([p.stds for p in predictions]),
+        effective_rank=effective_rank, predicted_effective_rank=predicted_rank,
+        diagnostics=flow_diagnostics(flow, [p.loss for p in predictions]), trajectory=trajectory,
+        times=None if times is None else np.broadcast_to(np.asarray(times), (len(configs), len(times))).copy())
+    return result, flow.params
 
 
-def shape_key(config: WeightingConfig) -> tuple:
-    """The fields that change array shapes: configs with equal keys run as one batch."""
-    return (config.dim, config.widths, config.init, config.precision)
+def run_batch(configs: Sequence[WeightingConfig], *, times=None, options: FlowOptions | None = None,
+              place=None) -> WeightingResult:
+    """Run many configurations of one shape (d, depth, width, init, precision) as one vmapped solve.
+
+    Seeds, moments, init scales and weight decays vary freely across ``configs``; they are traced
+    arguments of one compiled program, so changing them never recompiles. ``place`` (used by the
+    sweep engine) is applied to the stacked initial parameters and arguments, e.g. to shard the
+    point axis across devices. ``times``: record the weights along the flow (``trajectory``).
+    """
+    return fit(configs, times=times, options=options, place=place)[0]
 
 
-# Sweep protocol (simulations.sweep): the config class, the saved outputs and named moment presets.
-CONFIG = WeightingConfig
-SWEEP_OUTPUTS = ("measured", "predicted", "measured_stds", "predicted_stds", "effective_rank",
-                 "diagnostics.converged", "diagnostics.t_final", "diagnostics.steps", "diagnostics.loss",
-                 "diagnostics.predicted_loss", "diagnostics.min_curvature", "diagnostics.restarts",
-                 "diagnostics.at_saddle")
+def run_weighting(config: WeightingConfig, *, times=None, options: FlowOptions | None = None) -> WeightingResult:
+    """Train one network to steady state and measure every layer's per-feature weights (one point)."""
+    return run(EXPERIMENT, config, times=times, options=options)
+
+
+def to_record(values: NamedTuple) -> dict:
+    """A NamedTuple of one point's scalars (e.g. its diagnostics) as a dict of plain Python numbers."""
+    return {key: np.asarray(value).item() for key, value in values._asdict().items()}
+
+
+def report(result: WeightingResult, config: WeightingConfig) -> dict:
+    """The JSON object of ``python -m simulations weighting --json``: measured, predicted, diagnostics."""
+    return {"measured": result.measured.tolist(), "predicted": result.predicted.tolist(),
+            "diagnostics": to_record(result.diagnostics)}
+
+
+def table(result: WeightingResult, config: WeightingConfig) -> str:
+    """Readable per-layer, per-feature table of measured vs predicted weights."""
+    measured, predicted = result.measured, result.predicted
+    lines = ["layer  feature    measured   predicted   rel.err"]
+    for layer in range(measured.shape[0]):
+        for feature in range(measured.shape[1]):
+            m, p = measured[layer, feature], predicted[layer, feature]
+            err = abs(m - p) / p if p > 0 else float("nan")
+            lines.append(f"{layer + 1:5d}  {feature:7d}  {m:10.6f}  {p:10.6f}  {err:9.2e}")
+    d = to_record(result.diagnostics)
+    lines.append(f"converged={d['converged']} t_final={d['t_final']:.4g} steps={d['steps']} "
+                 f"loss={d['loss']:.10f} predicted_loss={d['predicted_loss']:.10f}")
+    return "\n".join(lines)
+
+
 #: ``--preset NAME`` values for the vector-valued moments (pos_cov a_i, second_moment b_i).
-SWEEP_PRESETS = {
+PRESETS = {
     "default": {"pos_cov": (0.9, 0.5, 0.8), "second_moment": (1.0, 0.6, 2.0)},
     # sign_flip, flip probabilities q = 0, 0.25, 0.5 (simulations.data.preset_pairs): r = (1 - 2q)^2.
     "sign_flip": {"pos_cov": (1.0, 0.25, 0.0), "second_moment": (1.0, 1.0, 1.0)},
@@ -223,69 +294,7 @@ SWEEP_PRESETS = {
     "ratios4": {"pos_cov": (0.9, 0.7, 0.5, 0.3), "second_moment": (1.0, 1.0, 1.0, 1.0)},
 }
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `weighting` subcommand's flags (public contract: names and JSON keys are stable)."""
-    defaults = WeightingConfig()
-    parser.add_argument("--pos-cov", type=_floats, required=True,
-                        help="comma-separated a_i = E[x_i x+_i] (positive-pair covariance)")
-    parser.add_argument("--second-moment", type=_floats, required=True,
-                        help="comma-separated b_i = E[x_i^2] (> 0, |a_i| <= b_i)")
-    parser.add_argument("--depth", type=int, default=defaults.depth, help="number of layers L (default %(default)s)")
-    parser.add_argument("--width", type=int, default=None, help="width of every layer (default: d)")
-    parser.add_argument("--weight-decay", type=float, default=0.0,
-                        help="penalty (wd/2) sum ||W_l||_F^2 (default %(default)s)")
-    parser.add_argument("--init-scale", type=float, default=defaults.init_scale,
-                        help="per-layer singular value eps of the init (default %(default)s)")
-    parser.add_argument("--init", choices=models.INITS, default=defaults.init,
-                        help="balanced: exact, random orientation; gaussian: N(0, eps^2/fan_in) entries; "
-                             "aligned: balanced and diagonal in the feature basis (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="initialization seed (default %(default)s)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float64", help="default %(default)s")
-    parser.add_argument("--out", default="results/weighting", help="where to save results without --json")
-    parser.add_argument("--json", action="store_true", help="print one JSON object and save nothing")
-
-
-def main(args: argparse.Namespace) -> int:
-    config = WeightingConfig(pos_cov=args.pos_cov, second_moment=args.second_moment, depth=args.depth,
-                             width=args.width, weight_decay=args.weight_decay, init=args.init,
-                             init_scale=args.init_scale, seed=args.seed, precision=args.precision)
-    result = run_weighting(config)
-    if args.json:
-        print(json.dumps({
-            "measured": result["measured"].tolist(),
-            "predicted": result["predicted"].tolist(),
-            "diagnostics": result["diagnostics"],
-        }))
-        return 0
-    from simulations.results import save_results
-
-    print(format_table(result))
-    npz, _ = save_results(args.out, "weighting", {k: result[k] for k in
-                          ("measured", "predicted", "measured_stds", "predicted_stds", "effective_rank")},
-                          {"config": result["config"], "seed": config.seed, "diagnostics": result["diagnostics"]},
-                          precision=config.precision)
-    print(f"saved {npz} and its .json record", file=sys.stderr)
-    return 0
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """Readable per-layer, per-feature table of measured vs predicted weights."""
-    measured, predicted = result["measured"], result["predicted"]
-    lines = ["layer  feature    measured   predicted   rel.err"]
-    for layer in range(measured.shape[0]):
-        for feature in range(measured.shape[1]):
-            m, p = measured[layer, feature], predicted[layer, feature]
-            err = abs(m - p) / p if p > 0 else float("nan")
-            lines.append(f"{layer + 1:5d}  {feature:7d}  {m:10.6f}  {p:10.6f}  {err:9.2e}")
-    d = result["diagnostics"]
-    lines.append(f"converged={d['converged']} t_final={d['t_final']:.4g} steps={d['steps']} "
-                 f"loss={d['loss']:.10f} predicted_loss={d['predicted_loss']:.10f}")
-    return "\n".join(lines)
+EXPERIMENT = Experiment(
+    name="weighting", config=WeightingConfig, run_batch=run_batch, result=WeightingResult, shape_key=shape_key,
+    predict=predict, report=report, table=table, presets=PRESETS,
+    command=Command(required=("pos_cov", "second_moment")), doc=__doc__)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from simulations.models import relu
 from simulations.losses import spectral_population_loss_of_map
+from simulations.models import relu
 from simulations.models.linear import end_to_end
 
 
@@ -53,7 +53,7 @@ def fixed_head_matrix(kappa, width: int) -> jax.Array:
 
 def apply_fixed_head(h: jax.Array, kappa) -> jax.Array:
     """z = g(h) for a batch h (n, m): coordinate j is divided by k^j."""
-    return h * head_scales(kappa, h.shape[-1])
+    return h * head_scales(kappa, h.shape[-1]).reshape((1,) * (h.ndim - 1) + (-1,))
 
 
 def encode(params, x: jax.Array) -> jax.Array:

@@ -7,7 +7,7 @@ P_l x with P_l = W_l ... W_1, so "pre" (layer L-1) and "post" (layer L) are indi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ def layer_dims(input_dim: int, widths: Sequence[int]) -> tuple[int, ...]:
 def _random_orthonormal(key: jax.Array, rows: int, cols: int) -> jax.Array:
     """A Haar-random (rows, cols) matrix with orthonormal columns (cols <= rows)."""
     q, r = jnp.linalg.qr(jax.random.normal(key, (rows, rows)))
-    q = q * jnp.sign(jnp.diag(r))  # sign fix makes the distribution Haar
+    q = q * jnp.sign(jnp.diag(r))[None, :]  # sign fix makes the distribution Haar
     return q[:, :cols]
 
 

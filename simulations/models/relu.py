@@ -20,7 +20,7 @@ indices 0 and 1 as for the deep linear networks of :mod:`simulations.models`.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ class ReLUParams(NamedTuple):
     """
 
     encoder: jax.Array
-    bias: Optional[jax.Array]
+    bias: jax.Array | None
     head: jax.Array
 
 
@@ -55,7 +55,7 @@ class DiagonalReLUParams(NamedTuple):
     """
 
     encoder: jax.Array
-    bias: Optional[jax.Array]
+    bias: jax.Array | None
     head: jax.Array
 
 
@@ -113,7 +113,7 @@ def encoder_preactivation(params, x: jax.Array) -> jax.Array:
             pre = pre + params.bias[None]
         return pre.reshape(x.shape[0], -1)
     pre = x @ params.encoder.T
-    return pre if params.bias is None else pre + params.bias
+    return pre if params.bias is None else pre + params.bias[None, :]
 
 
 def apply_relu(params, x: jax.Array) -> tuple[jax.Array, jax.Array]:

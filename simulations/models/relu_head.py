@@ -70,7 +70,8 @@ def init_relu_head(key: jax.Array, input_dim: int, width: int, hidden_width: int
                             for sub, shape in zip(keys, shapes)))
 
 
-def init_head(key: jax.Array, width: int, hidden_width: int, output_dim: int, *, init_scale) -> tuple[jax.Array, jax.Array]:
+def init_head(key: jax.Array, width: int, hidden_width: int, output_dim: int, *,
+              init_scale) -> tuple[jax.Array, jax.Array]:
     """(U (q, m), V (k, q)) of a ReLU head for any encoder of width m, N(0, eps^2 / fan_in) entries.
 
     ``init_scale`` may be traced. (:func:`init_relu_head` draws all three layers from one split.)

@@ -1,0 +1,77 @@
+"""What a benchmark run records besides its ratios: the machine, the pixels run, a summary of the ratios."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+#: The parts whose "ratio" is the benchmark's stable ``python -m bench --json`` keys.
+CONTRACT_KEYS = ("vs_numpy_loop", "sweep_vs_python_loop", "adaptive_vs_fixed_time")
+
+
+def machine() -> dict:
+    """CPU model, cores, JAX version and device, and the load average (other jobs inflate times)."""
+    import jax
+
+    cpu = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    devices = jax.devices()
+    return {
+        "cpu_model": cpu,
+        "cpu_cores_visible": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax_version": jax.__version__,
+        "device_platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def bench_pixels() -> dict:
+    """The default ``pixels`` experiment (its registry entry, in this process): wall time and images/s.
+
+    Its ``diagnostics`` are those ``python -m simulations pixels --json`` prints (the run's own wall,
+    compile and run time and images per second); ``wall_s`` adds the call around it.
+    """
+    from simulations.experiment import run
+    from simulations.registry import EXPERIMENTS
+
+    experiment = EXPERIMENTS["pixels"]
+    config = experiment.config()
+    start = time.perf_counter()
+    point = run(experiment, config)
+    wall = time.perf_counter() - start
+    report = experiment.report(point, config)
+    return {"wall_s": wall, "images_per_second": report["diagnostics"]["images_per_second"],
+            "diagnostics": report["diagnostics"], "config": "PixelsConfig() (python -m simulations pixels)"}
+
+
+def summary_lines(report: dict) -> list[str]:
+    """One line per measured part: its ratio, marked when it is only a lower bound."""
+    lines = []
+    for key in CONTRACT_KEYS:
+        entry = report.get(key)
+        if entry is None:
+            continue
+        bound = entry.get("ratio_is_lower_bound", False)
+        lines.append(f"{key}: {'>= ' if bound else ''}{entry['ratio']:.3g}"
+                     f"{' (LOWER BOUND: ratio_is_lower_bound, the NumPy loop hit its time cap)' if bound else ''}")
+    if "pixels_run" in report:
+        pixels = report["pixels_run"]
+        lines.append(f"pixels_run: {pixels['wall_s']:.1f} s, {pixels['images_per_second']:.0f} images/s")
+    load = report["machine"].get("load_average_1_5_15")
+    lines.append(f"machine: {report['machine'].get('cpu_model')}, {report['machine'].get('cpu_cores_usable')} cores, "
+                 f"load average at start {load}, jax {report['machine'].get('jax_version')}, "
+                 f"{report['machine'].get('device_kind')} x {report['machine'].get('device_count')}")
+    return lines
