@@ -88,13 +88,6 @@ def logistic_accuracy(train, train_labels, test, test_labels, num_classes: int, 
         return -jnp.mean(jnp.sum(targets * log_probs, axis=1)) + penalty * jnp.sum(weights * weights)
 
     params = (jnp.zeros((train.shape[1], num_classes), train.dtype), jnp.zeros((num_classes,), train.dtype))
-    optimizer = optax.adam(learning_rate)
-
-    def step(carry, _):
-        params, state = carry
-        updates, state = optimizer.update(jax.grad(objective)(params), state, params)
-        return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, length=iterations)
-    weights, bias = params
+    weights, bias = descend(objective, params, steps=iterations, optimizer=optax.adam(learning_rate),
+                            record_params=False).params
     return jnp.mean(jnp.argmax(test_n @ weights + bias[None, :], axis=1) == test_labels)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simulations import models
-from simulations.experiment import Command, Experiment, run
+from simulations.experiment import Command, Experiment, run, stack
 from simulations.experiments.weighting import Diagnostics, flow_diagnostics, to_record
 from simulations.flow import FlowOptions, gradient_flow
 from simulations.models import heads
@@ -197,7 +197,7 @@ def fit(configs: Sequence[ReweightingConfig], *, options: FlowOptions | None = N
             return models.init_linear(init_key, config.dim, config.widths, init=config.init,
                                       init_scale=config.init_scale)
 
-        params0 = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[initialize(c) for c in configs])
+        params0 = stack([initialize(c) for c in configs])
         args = (jnp.stack([jnp.diag(jnp.asarray(c.pos_cov)) for c in configs]),
                 jnp.stack([jnp.diag(jnp.asarray(c.second_moment)) for c in configs]),
                 jnp.asarray([c.kappa for c in configs], dtype=jnp.float64))

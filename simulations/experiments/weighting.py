@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simulations import measure, models
-from simulations.experiment import Command, Experiment, point, run
+from simulations.experiment import Command, Experiment, point, run, stack
 from simulations.flow import FlowOptions, gradient_flow
 from simulations.losses import spectral_population_loss, weight_decay_penalty
 from theory import linear as linear_theory
@@ -217,7 +217,7 @@ def fit(configs: Sequence[WeightingConfig], *, times=None, options: FlowOptions 
             return models.init_linear(init_key, first.dim, first.widths, init=first.init, init_scale=init_scale)
 
         params0 = [initialize(c.seed, c.init_scale) for c in configs]
-        params0 = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *params0)
+        params0 = stack(params0)
         args = (jnp.stack([jnp.diag(jnp.asarray(c.pos_cov)) for c in configs]),
                 jnp.stack([jnp.diag(jnp.asarray(c.second_moment)) for c in configs]),
                 jnp.asarray([c.weight_decay for c in configs], dtype=params0[0].dtype))

@@ -182,6 +182,7 @@ def train_relu_head(pos_cov, second_moment, seeds, *, width: int | None = None, 
         blindly.
     """
     from simulations.data.pairs import gaussian_pairs
+    from simulations.experiment import stack
     from simulations.flow import gradient_flow
 
     pairs = gaussian_pairs(pos_cov, second_moment)  # validates A, B (joint covariance PSD)
@@ -193,6 +194,6 @@ def train_relu_head(pos_cov, second_moment, seeds, *, width: int | None = None, 
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
     inits = [init_relu_head(jax.random.PRNGKey(s), d, m, hidden_width, k, init_scale=init_scale) for s in seeds]
-    params0 = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *inits)
+    params0 = stack(inits)
     args = (jnp.broadcast_to(A, (len(seeds),) + A.shape), jnp.broadcast_to(B, (len(seeds),) + B.shape))
     return gradient_flow(_flow_loss, params0, args, options=options, batched=True)
