@@ -11,7 +11,6 @@ import sys
 
 from simulations import __version__, cli, sweep
 from simulations.commands import add_experiment_command, run_experiment_command
-from simulations.experiment import Experiment
 from simulations.flow import FlowDivergenceError
 from simulations.registry import EXPERIMENTS
 from simulations.runtime import configure_entry_point
@@ -23,14 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.OneLineArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"projection-head-theory {__version__}")
     subparsers = parser.add_subparsers(dest="experiment", parser_class=cli.OneLineArgumentParser)
-    for name, entry in EXPERIMENTS.items():
-        doc = entry.doc if isinstance(entry, Experiment) else entry.__doc__
-        sub = subparsers.add_parser(name, help=doc.splitlines()[0], description=doc,
+    for name, experiment in EXPERIMENTS.items():
+        sub = subparsers.add_parser(name, help=experiment.doc.splitlines()[0], description=experiment.doc,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-        if isinstance(entry, Experiment):
-            add_experiment_command(sub, entry)
-        else:
-            entry.add_arguments(sub)
+        add_experiment_command(sub, experiment)
+        sub.set_defaults(command_parser=sub)  # errors found after parsing are reported by the right parser
     sweep.add_arguments(subparsers.add_parser("sweep", help=sweep.__doc__.splitlines()[0], description=sweep.__doc__,
                                               formatter_class=argparse.RawDescriptionHelpFormatter), EXPERIMENTS)
     return parser
@@ -46,10 +42,7 @@ def main(argv=None) -> int:
     try:
         if args.experiment == "sweep":
             return sweep.main(args, EXPERIMENTS)
-        entry = EXPERIMENTS[args.experiment]
-        if isinstance(entry, Experiment):
-            return run_experiment_command(entry, parser._subparsers._group_actions[0].choices[args.experiment], args)
-        return entry.main(args)
+        return run_experiment_command(EXPERIMENTS[args.experiment], args.command_parser, args)
     except ValueError as error:
         return cli.fail(f"{PROG} {args.experiment}", error, 2)
     except FlowDivergenceError as error:

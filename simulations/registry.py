@@ -9,12 +9,11 @@ from __future__ import annotations
 from simulations.experiment import Experiment, validate
 from simulations.experiments import downstream, nonlinear, pixels, readout, reweighting, supervised, weighting
 
-#: name -> experiment (an Experiment, or a module still on the legacy add_arguments/main interface).
-EXPERIMENTS: dict[str, object] = {
+#: name -> experiment, in the order the command line lists them.
+EXPERIMENTS: dict[str, Experiment] = {
     "weighting": weighting.EXPERIMENT, "downstream": downstream.EXPERIMENT, "nonlinear": nonlinear.EXPERIMENT,
     "supervised": supervised.EXPERIMENT, "reweighting": reweighting.EXPERIMENT, "readout": readout.EXPERIMENT,
     "pixels": pixels.EXPERIMENT,
 }
-for _name, _entry in EXPERIMENTS.items():
-    if isinstance(_entry, Experiment):
-        validate(_entry)
+for _experiment in EXPERIMENTS.values():
+    validate(_experiment)

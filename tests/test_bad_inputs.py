@@ -132,6 +132,8 @@ CLI_CASES = [
     ("pixels-p-drop", "simulations.__main__", ["pixels", "--p-drop", "1.5"], "p_drop"),
     ("pixels-encoder", "simulations.__main__", ["pixels", "--encoder", "resnet"], "--encoder"),
     ("pixels-missing-data-dir", "simulations.__main__", ["pixels", "--data-dir", "/no/such/cifar"], "/no/such/cifar"),
+    ("underscore-flag", "simulations.__main__", ["weighting", "--pos_cov", "0.9", "--second-moment", "1"],
+     "unrecognized arguments: --pos_cov"),
     ("config-file-missing", "simulations.__main__", WEIGHTING + ["--config", "no-such-record.json"],
      "no-such-record.json"),
     ("sweep-unknown-experiment", "simulations.__main__", ["sweep", "rotate", "--out", "unused-dir"], "rotate"),

@@ -122,3 +122,13 @@ def test_quick_numbers_reproduce(cli_environment, tmp_path):
     for command, quantity, quoted in rows:
         got = _quantity(records[command], quantity)
         assert abs(got - float(quoted)) <= LAST_DIGIT_UNITS * _last_digit(quoted) + 1e-15, (command, quantity, got)
+
+
+def test_gallery_shows_every_figure():
+    """docs/gallery.md has a section, an image and a command for every figure module."""
+    text = (REPO / "docs" / "gallery.md").read_text()
+    modules = sorted(path.stem for path in (REPO / "figures").glob("*.py") if not path.stem.startswith("_"))
+    for name in modules:
+        assert f"## {name}\n" in text, name
+        assert f"(../figures/output/{name}.png)" in text, name
+        assert f"python -m figures --only {name}" in text, name
