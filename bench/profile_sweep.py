@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     configure_entry_point(cache=False)
     from bench.problems import PINNED_PROBLEM, QUICK_PROBLEM
     from simulations import flow, models
+    from simulations.experiment import stack
     from simulations.experiments.weighting import population_loss
     from simulations.flow import FlowOptions
 
@@ -73,18 +74,20 @@ def main(argv=None) -> int:
 
     single_args = problem.flow_args()
     params = init(0)
-    batch_params = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[init(s) for s in range(args.points)])
+    batch_params = stack([init(s) for s in range(args.points)])
     batch_args = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (args.points,) + x.shape), single_args)
     zero, zeros = jnp.zeros(()), jnp.zeros((args.points,))
     report = {"problem": problem.describe(), "points": args.points, "device": jax.devices()[0].device_kind,
               "jax_version": jax.__version__}
+    segment, certify = flow.compiled_programs(batched=False)
+    segment_batched, certify_batched = flow.compiled_programs(batched=True)
     report["single_segment"] = _best_of(
-        lambda: flow._segment_jit(population_loss, options, params, single_args, zero, zero, None))
-    report["single_certification"] = _best_of(lambda: flow._hessian_jit(population_loss, params, single_args))
+        lambda: segment(population_loss, options, params, single_args, zero, zero, None))
+    report["single_certification"] = _best_of(lambda: certify(population_loss, params, single_args))
     report["batch_segment"] = _best_of(
-        lambda: flow._segment_batched(population_loss, options, batch_params, batch_args, zeros, zeros, None), 1)
+        lambda: segment_batched(population_loss, options, batch_params, batch_args, zeros, zeros, None), 1)
     report["batch_certification"] = _best_of(
-        lambda: flow._hessian_batched(population_loss, batch_params, batch_args), 1)
+        lambda: certify_batched(population_loss, batch_params, batch_args), 1)
     for piece in ("segment", "certification"):
         single, batch = report[f"single_{piece}"], report[f"batch_{piece}"]
         report[f"{piece}_vmap_gain_per_point"] = {

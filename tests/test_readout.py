@@ -212,3 +212,25 @@ def test_command_saves_results_with_provenance(tmp_path, cli_environment):
     arrays = np.load(tmp_path / "readout.npz")
     assert record["config"]["target"] == 1 and "risk" in arrays and arrays["risk"].shape == (3,)
     assert record["report"]["best_layer"]["predicted"] in (1, 2) and "provenance" in json.dumps(record)
+
+
+# Gaussian small init is unbalanced by O(init_scale^2), conserved by the flow: at init 0.2 and depth 4 the layer
+# weights miss the balanced ones by up to 0.015-0.028 (seeds 0-2), and the measured risks by up to 0.018 (seed 0).
+# RISK_TOLERANCE's sampling error plus that imbalance.
+UNBALANCED_RISK_TOLERANCE = 0.03
+
+
+def test_gaussian_init_in_its_window_reads_out_at_the_balanced_layers():
+    """Depth 4, Gaussian init 0.2: every feature is learned and each target's best layer is the balanced one
+    (interior for target 0). Smaller inits stall the weak feature 1 on a high-order saddle, and larger ones
+    keep an O(init_scale^2) imbalance. Both move l* (docs/readout.md), so this pins only the window."""
+    configs = [experiment.ReadoutConfig(**INTERIOR, depth=4, target=j, init="gaussian", init_scale=0.2)
+               for j in range(3)]
+    result = experiment.run_batch(configs)
+    for i, config in enumerate(configs):
+        report = experiment.report(point(result, i), config)
+        assert report["diagnostics"]["converged"], config
+        np.testing.assert_allclose(report["risk"]["measured"], report["risk"]["predicted"],
+                                   atol=UNBALANCED_RISK_TOLERANCE)
+        assert report["best_layer"]["measured"] == report["best_layer"]["predicted"], config
+    assert experiment.predict(configs[0]).best_layer == 2  # interior at depth 4

@@ -33,7 +33,7 @@ from simulations import models, serial_linalg
 from simulations.experiment import Command, Experiment, check_one_shape
 from simulations.flow import gradient_flow
 from simulations.losses import spectral_population_loss, weight_decay_penalty
-from simulations.probe import representation_normalization, ridge_probe
+from simulations.probe import normalize_representation, ridge_probe
 from theory import readout as theory
 from theory.checks import as_finite_array, check_choice, check_float, check_int
 from theory.moments import validate_moments
@@ -200,10 +200,8 @@ def _measure(params, key, downstream_root, pretraining_root, target, ridge, *, n
     maps = (jnp.eye(d, dtype=dtype),) + models.layer_maps(params)
     risks, spectra = [], []
     for P in maps:
-        h_train, h_test = x_train @ P.T, x_test @ P.T
-        mean, norm = representation_normalization(h_train, min_total_variance=floor)
-        risks.append(ridge_probe((h_train - mean[None, :]) / norm, y_train, (h_test - mean[None, :]) / norm, y_test,
-                                 ridge).mse)
+        h_train, h_test = normalize_representation(x_train @ P.T, x_test @ P.T, min_total_variance=floor)
+        risks.append(ridge_probe(h_train, y_train, h_test, y_test, ridge).mse)
         z = x_pre @ P.T  # uncentred embedding matrix, as RankMe uses it
         spectra.append(jnp.clip(serial_linalg.eigh(z.T @ z / n_train)[0], 0.0, None))
     rankmes = [_entropy_rank(jnp.sqrt(spectrum)) for spectrum in spectra]
