@@ -129,7 +129,7 @@ def check_one_shape(experiment: Experiment, configs: Sequence) -> None:
         raise ValueError(f"configs must hold at least one {experiment.config.__name__}")
     keys = {experiment.shape_key(config) for config in configs}
     if len(keys) != 1:
-        raise ValueError(f"configs must share one shape key to run as one batch, got {sorted(map(repr, keys))}")
+        raise ValueError(f"configs must share one shape_key to run as one batch, got {sorted(map(repr, keys))}")
 
 
 def run(experiment: Experiment, config, **kwargs):

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simulations import models
-from simulations.experiment import Command, Experiment, run, stack
+from simulations.experiment import Command, Experiment, check_one_shape, run, stack
 from simulations.experiments.weighting import Diagnostics, flow_diagnostics, to_record
 from simulations.flow import FlowOptions, gradient_flow
 from simulations.models import heads
@@ -185,11 +185,7 @@ def _measure(params, kappa):
 def fit(configs: Sequence[ReweightingConfig], *, options: FlowOptions | None = None,
         place: Callable | None = None) -> tuple[ReweightingResult, tuple]:
     """:func:`run_batch` plus the trained encoder layers (a tuple of L arrays with a leading point axis)."""
-    if not configs:
-        raise ValueError("configs must hold at least one ReweightingConfig")
-    keys = {shape_key(c) for c in configs}
-    if len(keys) != 1:
-        raise ValueError(f"configs must share one shape_key (d, widths, init) to run as one batch, got {sorted(keys)}")
+    check_one_shape(EXPERIMENT, configs)
     place = place or (lambda tree: tree)
     with jax.enable_x64(True):
         def initialize(config):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simulations import measure, models
-from simulations.experiment import Command, Experiment, point, run, stack
+from simulations.experiment import Command, Experiment, check_one_shape, point, run, stack
 from simulations.flow import FlowOptions, gradient_flow
 from simulations.losses import spectral_population_loss, weight_decay_penalty
 from theory import linear as linear_theory
@@ -205,11 +205,7 @@ def fit(configs: Sequence[WeightingConfig], *, times=None, options: FlowOptions 
     The downstream probes and figures that need the trained network call this; everything else
     calls :func:`run_batch`.
     """
-    if not configs:
-        raise ValueError("configs must hold at least one WeightingConfig")
-    shape = {shape_key(c) for c in configs}
-    if len(shape) != 1:
-        raise ValueError(f"configs must share d, widths, init and precision to run as one batch, got {sorted(shape)}")
+    check_one_shape(EXPERIMENT, configs)
     first = configs[0]
     with jax.enable_x64(first.precision == "float64"):
         def initialize(seed, init_scale):
