@@ -60,9 +60,10 @@ SWEEP_POINTS = 256
 QUICK_NUMPY_BUDGET = 300.0
 #: --quick sweeps fewer points, every one of them timed in the Python loop (nothing extrapolated).
 QUICK_SWEEP_POINTS = 64
-#: CPU devices the benchmark asks XLA for (XLA_FLAGS, set before JAX starts): the sweep's split
-#: placement runs one slice of the batch per device, one thread each, so a 2-core CPU uses both cores.
-CPU_DEVICES = 2
+#: CPU devices the benchmark asks XLA for (XLA_FLAGS, set before JAX starts). One: a batched flow
+#: on a CPU already solves its points on every core, with the single-run program; several devices
+#: split the batch into slices (the sweep's split placement), each compiling for itself.
+CPU_DEVICES = 1
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -184,6 +185,7 @@ def bench_vs_numpy(problem, *, library_options, numpy_budget) -> dict:
 def bench_sweep(problem, *, points: int, python_calls: int) -> dict:
     """256 seeds: one vmapped weighting run_batch vs run_weighting called in a Python loop.
 
+    On one CPU device the batch's flows run point by point on every core (FlowOptions.batching).
     With several local devices (on a CPU: ``--cpu-devices``), the batch runs in the sweep engine's
     split placement (:func:`simulations.sweep.run_chunk`): one slice per device, concurrently.
     """
@@ -221,7 +223,8 @@ def bench_sweep(problem, *, points: int, python_calls: int) -> dict:
         "points": points,
         "devices": len(devices),
         "device_kind": devices[0].device_kind,
-        "placement": "split (one slice per device, concurrently)" if len(devices) > 1 else "one device",
+        "placement": "split (one slice per device, concurrently)" if len(devices) > 1
+        else "one device (points solved on every core)",
         "python_loop_s": python_s,
         "python_loop_extrapolated": python_calls < points,
         "python_loop_calls_timed": python_calls,

@@ -8,9 +8,9 @@ theory.linear.layer_weights assumes balanced layers (W_(l+1)^T W_(l+1) = W_l W_l
 flow conserves. An exactly balanced init therefore lands on the prediction at any scale eps (up to
 the integrator), while a Gaussian init carries an O(eps^2) imbalance into the end point, so its
 error should scale as eps^2. Each point is the maximum relative error over layers and learned
-features of one net trained by run_weighting. (Runs are looped, not vmapped: under vmap the
-adaptive solver advances every run in lockstep with the largest stage count of any of them, which
-made a vmapped sweep over eps many times slower than the loop.)
+features of one net trained by the weighting experiment. (Each tolerance and init is one batch,
+whose flows the solver runs point by point on every core: under vmap the adaptive solver would
+advance every run in lockstep with the largest stage count of any of them.)
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import sys
 import numpy as np
 
 from figures._common import caption, config_record, progress, run_figure
-from simulations.experiments.weighting import WeightingConfig, run_weighting, to_record
+from simulations.experiment import point
+from simulations.experiments.weighting import WeightingConfig, run_batch, to_record
 from simulations.flow import FlowOptions
 
 NAME = "init_scale"
@@ -70,27 +71,30 @@ def _relative_errors(measured, predicted):
 
 
 def compute(config: Config):
-    """Train every (init, eps, seed) with run_weighting and tabulate the relative errors."""
+    """Train every (init, eps, seed) with the weighting experiment and tabulate the relative errors."""
     runs = [("main", FlowOptions(rtol=config.rtol, atol=config.atol), init) for init in INITS]
     if config.default_tolerance_overlay:
         runs.append(("default", FlowOptions(), "balanced"))
-    grid = [(label, options, init, eps, seed) for label, options, init in runs
-            for eps in config.init_scales for seed in config.seeds]
     shape = (len(config.init_scales), len(config.seeds))
     arrays = {"init_scales": np.asarray(config.init_scales), "seeds": np.asarray(config.seeds)}
     for label, _, init in runs:
         arrays[f"error_{init}_{label}"] = np.full(shape, np.nan)
         arrays[f"converged_{init}_{label}"] = np.zeros(shape, bool)
     diagnostics = []
-    for label, options, init, eps, seed in progress(grid, desc=NAME):
-        result = run_weighting(WeightingConfig(pos_cov=config.pos_cov, second_moment=config.second_moment,
-                                               depth=config.depth, init=init, init_scale=eps, seed=seed),
-                               options=options)
-        index = (config.init_scales.index(eps), config.seeds.index(seed))
-        arrays[f"error_{init}_{label}"][index] = _relative_errors(result.measured[None], result.predicted[None])[0]
-        arrays[f"converged_{init}_{label}"][index] = result.diagnostics.converged
-        diagnostics.append({"tolerance": label, "init": init, "init_scale": eps, "seed": seed,
-                            **to_record(result.diagnostics)})
+    # One batch per (tolerance, init): the flow solves its points one by one on every core.
+    for label, options, init in progress(runs, desc=NAME):
+        points = [(eps, seed) for eps in config.init_scales for seed in config.seeds]
+        batch = run_batch([WeightingConfig(pos_cov=config.pos_cov, second_moment=config.second_moment,
+                                           depth=config.depth, init=init, init_scale=eps, seed=seed)
+                           for eps, seed in points], options=options)
+        errors = _relative_errors(batch.measured, batch.predicted)
+        for index, (eps, seed) in enumerate(points):
+            result = point(batch, index)
+            cell = (config.init_scales.index(eps), config.seeds.index(seed))
+            arrays[f"error_{init}_{label}"][cell] = errors[index]
+            arrays[f"converged_{init}_{label}"][cell] = result.diagnostics.converged
+            diagnostics.append({"tolerance": label, "init": init, "init_scale": eps, "seed": seed,
+                                **to_record(result.diagnostics)})
     gaussian = np.median(arrays["error_gaussian_main"], axis=1)
     eps = np.asarray(config.init_scales)
     fit = eps <= 0.2  # the eps^2 law is the leading term; eps ~ 1 is past it

@@ -18,6 +18,7 @@ import dataclasses
 import sys
 
 from figures._common import caption, config_record, run_figure
+from simulations.experiment import run_split
 from simulations.experiments import nonlinear
 
 NAME = "nonlinear_decodability"
@@ -48,7 +49,7 @@ class Config:
 def compute(config: Config):
     configs = [nonlinear.NonlinearConfig(seed=s, steps=config.steps, n_train=config.n_test, n_test=config.n_test)
                for s in range(config.seeds)]
-    results = nonlinear.EXPERIMENT.run_batch(configs)
+    results = run_split(nonlinear.EXPERIMENT, configs)
     r2 = results.r2  # (seeds, nets, layers, attributes, d)
     predicted = results.predicted_r2[0]  # (layers, attributes, d)
     summaries = [nonlinear.summarize(r) for r in r2]

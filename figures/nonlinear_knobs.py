@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from figures._common import caption, config_record, run_figure
+from simulations.experiment import run_split
 from simulations.experiments import nonlinear
 from theory import downstream as linear_downstream
 from theory import relu_diagonal as rd
@@ -61,7 +62,7 @@ def compute(config: Config):
                for wd in (0.0, base.weight_decay) for q in qs]
     # The default-width seeds of the right panel join this batch (same shapes: one compilation).
     width_configs = [dataclasses.replace(base, seed=s) for s in range(config.seeds)]
-    r2 = nonlinear.EXPERIMENT.run_batch(configs + width_configs).r2
+    r2 = run_split(nonlinear.EXPERIMENT, configs + width_configs).r2
     default_width = r2[len(configs):]
     r2_q = r2[:len(configs)].reshape(2, qs.size, *r2.shape[1:])
 
@@ -83,7 +84,7 @@ def compute(config: Config):
         if g == base.group:
             group_r2.append(default_width)
         else:
-            runs = nonlinear.EXPERIMENT.run_batch([dataclasses.replace(base, group=g, seed=s)
+            runs = run_split(nonlinear.EXPERIMENT, [dataclasses.replace(base, group=g, seed=s)
                                                    for s in range(config.seeds)])
             group_r2.append(runs.r2)
         if g <= 2:

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from figures._common import caption, config_record, run_figure
-from simulations.experiment import point
+from simulations.experiment import point, run_split
 from simulations.experiments.supervised import EXPERIMENT, SupervisedConfig
 
 NAME = "supervised_coarse_to_fine"
@@ -72,7 +72,7 @@ def compute(config: Config):
               "seeds": np.asarray(config.seeds), "sweep_seeds": np.asarray(config.sweep_seeds)}
     spread = {}
     combos = [(network, loss, _points(config, loss)) for network, loss in COMBOS]
-    batch = EXPERIMENT.run_batch([
+    batch = run_split(EXPERIMENT, [
         SupervisedConfig.quick(network=network, loss=loss, class_offset=config.class_offset, init_scale=eps,
                                weight_decay=wd, seed=seed, steps=config.steps)
         for network, loss, points in combos for _, eps, wd, seed in points])

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 from figures._common import caption, config_record, run_figure
-from simulations.experiment import point
+from simulations.experiment import point, run_split
 from simulations.experiments.supervised import EXPERIMENT, SupervisedConfig
 
 NAME = "supervised_shift"
@@ -51,7 +51,7 @@ def compute(config: Config):
     """Train every (agreement, seed) as one vmapped batch and tabulate accuracies and effect ratios."""
     configs = [SupervisedConfig.quick(task="shift", loss=config.loss, agreement=p, seed=s, steps=config.steps)
                for p in config.agreements for s in config.seeds]
-    batch = EXPERIMENT.run_batch(configs)
+    batch = run_split(EXPERIMENT, configs)
     results = [point(batch, index) for index in range(len(configs))]
     shape = (len(config.agreements), len(config.seeds))
 

@@ -18,15 +18,18 @@ typed bundle that the command line, the sweep engine and the figures all read th
 * ``presets``: named sets of vector-valued fields for sweeps (``--preset NAME``).
 * ``command``: :class:`Command`, how the generated command line presents the config.
 
-:func:`run` runs one config through ``run_batch`` and returns the per-point result; the registry
+:func:`run` runs one config through ``run_batch`` and returns the per-point result;
+:func:`run_split` runs a batch as slices on every core of a CPU at once; the registry
 (:mod:`simulations.registry`) lists every experiment.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -137,6 +140,61 @@ def run(experiment: Experiment, config, **kwargs):
     if not isinstance(config, experiment.config):
         raise ValueError(f"config must be a {experiment.config.__name__}, got {type(config).__name__}")
     return point(experiment.run_batch([config], **kwargs), 0)
+
+
+def split_batch(run_batch: Callable, configs: Sequence, devices: Sequence, *, first_alone: bool = False):
+    """``run_batch`` on equal consecutive slices of ``configs`` (a multiple of ``len(devices)``), slice
+    i placed on ``devices[i]`` and run in its own thread; the results concatenated in order.
+
+    ``first_alone`` runs the first slice before the others start (on GPUs, whose persistent-cache
+    keys ignore the device, the other devices then load its compiled program instead of compiling).
+    """
+    size = len(configs) // len(devices)
+    if size * len(devices) != len(configs):
+        raise ValueError(f"configs ({len(configs)}) must split evenly over {len(devices)} devices")
+    x64 = bool(jax.config.jax_enable_x64)  # a thread-local setting: carried into the workers
+
+    def run_slice(index):
+        with jax.enable_x64(x64):
+            return run_batch(list(configs[index * size:(index + 1) * size]),
+                             place=lambda tree, device=devices[index]: jax.device_put(tree, device))
+
+    first = [run_slice(0)] if first_alone else []
+    with ThreadPoolExecutor(max_workers=len(devices)) as pool:  # XLA releases the GIL while it runs
+        rest = list(pool.map(run_slice, range(len(first), len(devices))))
+    return jax.tree_util.tree_map(lambda *leaves: np.concatenate([np.asarray(leaf) for leaf in leaves]),
+                                  *(first + rest))
+
+
+def run_split(experiment: Experiment, configs: Sequence, *, workers: int | None = None):
+    """``experiment.run_batch(configs)`` as equal slices run at the same time, one per core.
+
+    On a CPU, XLA runs programs called from several threads at once, so the slices use every core
+    (``workers``, default :func:`simulations.runtime.worker_threads`) with one compiled program.
+    The batch is padded to a multiple of the slice count by repeating its last config; the padding
+    is dropped from the result. Each point's numbers are those of ``run_batch`` (every
+    experiment's points are independent of the rest of their batch). On an accelerator, or with
+    one worker, it is ``run_batch``.
+    """
+    from simulations.runtime import worker_threads
+
+    configs = list(configs)
+    check_one_shape(experiment, configs)
+    workers = min(len(configs), workers or worker_threads())
+    if workers <= 1 or jax.default_backend() != "cpu":
+        return experiment.run_batch(configs)
+    size = math.ceil(len(configs) / workers)
+    padded = configs + [configs[-1]] * (size * workers - len(configs))
+    x64 = bool(jax.config.jax_enable_x64)  # a thread-local setting: carried into the workers
+
+    def run_slice(index):
+        with jax.enable_x64(x64):
+            return experiment.run_batch(padded[index * size:(index + 1) * size])
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # XLA releases the GIL while it runs
+        slices = list(pool.map(run_slice, range(workers)))
+    return jax.tree_util.tree_map(
+        lambda *leaves: np.concatenate([np.asarray(leaf) for leaf in leaves])[:len(configs)], *slices)
 
 
 def validate(experiment: Experiment) -> Experiment:

@@ -22,7 +22,7 @@ from scipy import integrate
 
 from simulations import data, losses
 from simulations.__main__ import main as cli_main
-from simulations.experiment import run
+from simulations.experiment import run, run_split
 from simulations.experiments import nonlinear
 from simulations.flow import FlowDivergenceError, FlowOptions, gradient_flow
 from simulations.models import relu
@@ -226,6 +226,15 @@ def test_batch_result_does_not_depend_on_batch_companions(contract_runs):
     again = nonlinear.run_batch([nonlinear.NonlinearConfig.quick(seed=s) for s in (2, 0, 1, 4, 3)])
     np.testing.assert_allclose(again.r2[1], results.r2[0], atol=1e-10)
     np.testing.assert_allclose(again.losses[1], results.losses[0], atol=1e-10)
+
+
+def test_run_split_over_threads_equals_one_batch(contract_runs):
+    """Slices run at once on two threads (5 points: one padded) give the one-batch numbers."""
+    results, _ = contract_runs
+    split = run_split(nonlinear.EXPERIMENT, [nonlinear.NonlinearConfig.quick(seed=s) for s in SEEDS], workers=2)
+    assert split.r2.shape == results.r2.shape
+    np.testing.assert_allclose(split.r2, results.r2, atol=1e-10)
+    np.testing.assert_allclose(split.losses, results.losses, atol=1e-10)
 
 
 def test_cli_prints_exactly_the_contract_object(capsys):

@@ -54,6 +54,7 @@ simulations.flow); they compute in float64 when x64 is enabled and never change 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -216,8 +217,14 @@ def ramp_moments(kind: str, std, strength, encoder, bias=None) -> RampMoments:
     if bias is not None and kind in _BIAS_FREE_KINDS:
         raise ValueError(f"kind {kind!r} has a closed form only without bias (bias=None); "
                          f"use sign_flip, drop_replace or drop_to_zero with a bias")
-    u = jnp.asarray(encoder)
-    c = jnp.zeros_like(u) if bias is None else jnp.asarray(bias)
+    return _ramp_moments(kind, std, strength, jnp.asarray(encoder), None if bias is None else jnp.asarray(bias))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ramp_moments(kind, std, strength, u, bias):
+    """:func:`ramp_moments` as one compiled program per (kind, g): called eagerly on scalars by the
+    closed forms, its ~100 small operations would each be dispatched on their own."""
+    c = jnp.zeros_like(u) if bias is None else bias
     scale, mean, second = _marginal(kind, std, strength, u, c)
     if kind == "sign_flip":
         same = (1 - strength) ** 2 + strength**2
@@ -374,6 +381,7 @@ def fixed_point(laws: FeatureLaws, signs, output_dim: int, *, imbalance=None) ->
                       eigenvalues=w, loss=float(-np.sum(w[keep] ** 2)), ambiguous=ambiguous)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5))
 def _cross_moments(kind, s, strength, encoder, bias, attribute):
     """(Cov(r_a, y) (g,), Var(y)) for y = x_j ("value") or |x_j| ("magnitude") of one feature."""
     u = jnp.asarray(encoder)

@@ -9,13 +9,12 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from simulations.experiment import Experiment, numeric_outputs, output_paths
+from simulations.experiment import Experiment, numeric_outputs, output_paths, split_batch
 from simulations.results import atomic_write, save_results
 from simulations.sweep.plan import DEFAULT_CHUNK_POINTS, plan_sweep
 from simulations.sweep.store import (
@@ -96,17 +95,7 @@ def run_chunk(run_batch: Callable, configs: Sequence, devices: Sequence, placeme
     """
     if placement == "sharded" or len(devices) == 1:
         return run_batch(list(configs), place=make_place(point_sharding(devices, len(configs))))
-    size = len(configs) // len(devices)
-    slices = [list(configs[i * size:(i + 1) * size]) for i in range(len(devices))]
-
-    def run(index):
-        return run_batch(slices[index], place=make_place(point_sharding([devices[index]], size)))
-
-    first = [run(0)] if warm_first else []
-    with ThreadPoolExecutor(max_workers=len(devices)) as pool:  # XLA releases the GIL while it runs
-        rest = list(pool.map(run, range(len(first), len(devices))))
-    return jax.tree_util.tree_map(lambda *leaves: np.concatenate([np.asarray(leaf) for leaf in leaves]),
-                                  *(first + rest))
+    return split_batch(run_batch, list(configs), list(devices), first_alone=warm_first)
 
 
 def default_chunk_size(device_count: int) -> int:

@@ -1,0 +1,179 @@
+"""Time every figure and the README's example commands, cold and warm, against the speed targets.
+
+Run:  python -m bench.figures [--json] [--skip quick,commands] [--out DIR] [--no-save]
+Expected runtime: ~10-15 min on 2 CPU cores (the figures twice, the quick figures once, six
+commands twice each).
+
+Each measurement is a fresh process, as a user runs it:
+
+* ``figures_cold``: ``python -m figures`` with the compilation cache pointed at an empty directory
+  (``PROJECTION_HEAD_JAX_CACHE``); ``figures_warm``: the same command again on that cache.
+  Per-figure times are the ones each figure prints (``NAME: wrote ... (S s)``), in the order
+  ``python -m figures`` draws them, so a figure that reuses programs an earlier figure compiled
+  is cheaper cold than it would be alone.
+* ``quick_cold``: ``python -m figures --quick`` on another empty cache.
+* ``commands``: each of :data:`COMMANDS` on an empty cache, then again on that cache.
+
+Totals are compared with :data:`TARGETS` (seconds): the theory figures (``figures.__main__.FIRST``)
+cold and warm, every figure cold, the quick figures cold, and the slowest command cold and warm.
+Prints one JSON object (``--json``: only the JSON on stdout) and saves it with the machine under
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.report import machine
+from figures.__main__ import FIRST
+from simulations.cli import OneLineArgumentParser
+from simulations.runtime import CACHE_ENV
+
+#: Targets in seconds on 2 CPU cores.
+TARGETS = {"theory_cold": 120.0, "theory_warm": 45.0, "all_cold": 180.0, "quick_cold": 30.0,
+           "command_cold": 10.0, "command_warm": 3.0}
+#: The README's example commands (``python -m simulations`` arguments).
+COMMANDS = {
+    "weighting": ["weighting", "--pos-cov", "0.9,0.5,0.8", "--second-moment", "1,0.6,2", "--depth", "2", "--json"],
+    "downstream": ["downstream", "--pos-cov", "0.9,0.5,0.8", "--second-moment", "1,0.6,2", "--target", "2",
+                   "--json"],
+    "reweighting": ["reweighting", "--pos-cov", "0.9,0.5,0.8", "--second-moment", "1,0.6,2", "--kappa", "2",
+                    "--json"],
+    "readout": ["readout", "--pos-cov", "0.9,0.5,0.8", "--second-moment", "1,0.6,2", "--depth", "3", "--target", "2",
+                "--json"],
+    "nonlinear_quick": ["nonlinear", "--quick", "--json"],
+    "supervised_quick": ["supervised", "--quick", "--json"],
+}
+PARTS = ("figures", "quick", "commands")
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
+_WROTE = re.compile(r"^(\w+): wrote .* \(([0-9.]+) s\)$")
+
+
+def log(message: str) -> None:
+    print(f"[bench.figures {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _run(arguments: list[str], cache: Path) -> tuple[float, str]:
+    """Run ``python ARGUMENTS`` with the compilation cache at ``cache``: (wall seconds, stderr)."""
+    env = {**os.environ, CACHE_ENV: str(cache)}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *arguments], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"python {' '.join(arguments)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return wall, done.stderr
+
+
+def figure_times(stderr: str) -> dict[str, float]:
+    """Per-figure seconds from the ``NAME: wrote PATH (S s)`` lines of ``python -m figures``."""
+    times = {}
+    for line in stderr.splitlines():
+        match = _WROTE.match(line.strip().split("\r")[-1])
+        if match:
+            times[match.group(1)] = float(match.group(2))
+    return times
+
+
+def _total(seconds: float, target: str) -> dict:
+    return {"seconds": round(seconds, 1), "target_s": TARGETS[target], "met": seconds <= TARGETS[target]}
+
+
+def bench_figures(scratch: Path) -> dict:
+    """``python -m figures`` cold, then warm: per-figure times and the totals against the targets."""
+    cache, out = scratch / "cache-figures", scratch / "figures"
+    runs = {}
+    for label in ("cold", "warm"):
+        log(f"python -m figures ({label} compilation cache)")
+        wall, stderr = _run(["-m", "figures", "--out", str(out)], cache)
+        runs[label] = (wall, figure_times(stderr))
+        log(f"  {wall:.1f} s")
+    names = list(runs["cold"][1])
+    theory = [name for name in names if name in FIRST]
+    per_figure = {name: {"cold_s": runs["cold"][1][name], "warm_s": runs["warm"][1].get(name)} for name in names}
+    return {"per_figure": per_figure, "theory_figures": theory,
+            "process_wall_s": {"cold": round(runs["cold"][0], 1), "warm": round(runs["warm"][0], 1)},
+            "totals": {"theory_cold": _total(sum(runs["cold"][1][n] for n in theory), "theory_cold"),
+                       "theory_warm": _total(sum(runs["warm"][1][n] for n in theory), "theory_warm"),
+                       "all_cold": _total(runs["cold"][0], "all_cold")}}
+
+
+def bench_quick(scratch: Path) -> dict:
+    """``python -m figures --quick`` on an empty cache (the whole process, start-up included)."""
+    log("python -m figures --quick (cold compilation cache)")
+    wall, stderr = _run(["-m", "figures", "--quick", "--out", str(scratch / "quick")], scratch / "cache-quick")
+    log(f"  {wall:.1f} s")
+    return {"per_figure": figure_times(stderr), "totals": {"quick_cold": _total(wall, "quick_cold")}}
+
+
+def bench_commands(scratch: Path) -> dict:
+    """Each example command cold (empty cache) and warm (the same cache), whole process."""
+    per_command = {}
+    for name, arguments in COMMANDS.items():
+        cache = scratch / f"cache-{name}"
+        cold, _ = _run(["-m", "simulations", *arguments], cache)
+        warm, _ = _run(["-m", "simulations", *arguments], cache)
+        per_command[name] = {"command": "python -m simulations " + " ".join(arguments),
+                             "cold_s": round(cold, 2), "warm_s": round(warm, 2)}
+        log(f"  {name}: cold {cold:.1f} s, warm {warm:.1f} s")
+    return {"per_command": per_command,
+            "totals": {"command_cold": _total(max(c["cold_s"] for c in per_command.values()), "command_cold"),
+                       "command_warm": _total(max(c["warm_s"] for c in per_command.values()), "command_warm")}}
+
+
+def summary_lines(report: dict) -> list[str]:
+    """One line per total: seconds against the target."""
+    lines = []
+    for part in PARTS:
+        for key, total in report.get(part, {}).get("totals", {}).items():
+            verdict = "met" if total["met"] else "NOT met"
+            lines.append(f"{key}: {total['seconds']:.1f} s (target <= {total['target_s']:g} s: {verdict})")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog="python -m bench.figures", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
+    parser.add_argument("--skip", default="", help=f"comma-separated parts to skip, among {', '.join(PARTS)}")
+    parser.add_argument("--out", default=str(DEFAULT_RESULTS), help="directory for the saved JSON")
+    parser.add_argument("--no-save", action="store_true", help="do not save the JSON")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    skip = {part.strip() for part in args.skip.split(",") if part.strip()}
+    if skip - set(PARTS):
+        parser.error(f"--skip must name parts among {list(PARTS)}, got {args.skip!r}")
+    started = time.perf_counter()
+    report = {"machine": machine(), "targets_s": TARGETS}
+    with tempfile.TemporaryDirectory(prefix="bench-figures-") as scratch:
+        for part, run in (("figures", bench_figures), ("quick", bench_quick), ("commands", bench_commands)):
+            if part not in skip:
+                report[part] = run(Path(scratch))
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    report["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if not args.no_save:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = Path(args.out) / f"{stamp}_{report['machine']['device_platform']}_figures.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        log(f"saved {path}")
+    for line in summary_lines(report):
+        log(line)
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
