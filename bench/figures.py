@@ -83,7 +83,8 @@ def figure_times(stderr: str) -> dict[str, float]:
     return times
 
 
-def _total(seconds: float, target: str) -> dict:
+def against_target(seconds: float, target: str) -> dict:
+    """Seconds (rounded), the target and whether it was met."""
     return {"seconds": round(seconds, 1), "target_s": TARGETS[target], "met": seconds <= TARGETS[target]}
 
 
@@ -101,9 +102,9 @@ def bench_figures(scratch: Path) -> dict:
     per_figure = {name: {"cold_s": runs["cold"][1][name], "warm_s": runs["warm"][1].get(name)} for name in names}
     return {"per_figure": per_figure, "theory_figures": theory,
             "process_wall_s": {"cold": round(runs["cold"][0], 1), "warm": round(runs["warm"][0], 1)},
-            "totals": {"theory_cold": _total(sum(runs["cold"][1][n] for n in theory), "theory_cold"),
-                       "theory_warm": _total(sum(runs["warm"][1][n] for n in theory), "theory_warm"),
-                       "all_cold": _total(runs["cold"][0], "all_cold")}}
+            "totals": {"theory_cold": against_target(sum(runs["cold"][1][n] for n in theory), "theory_cold"),
+                       "theory_warm": against_target(sum(runs["warm"][1][n] for n in theory), "theory_warm"),
+                       "all_cold": against_target(runs["cold"][0], "all_cold")}}
 
 
 def bench_quick(scratch: Path) -> dict:
@@ -111,7 +112,7 @@ def bench_quick(scratch: Path) -> dict:
     log("python -m figures --quick (cold compilation cache)")
     wall, stderr = _run(["-m", "figures", "--quick", "--out", str(scratch / "quick")], scratch / "cache-quick")
     log(f"  {wall:.1f} s")
-    return {"per_figure": figure_times(stderr), "totals": {"quick_cold": _total(wall, "quick_cold")}}
+    return {"per_figure": figure_times(stderr), "totals": {"quick_cold": against_target(wall, "quick_cold")}}
 
 
 def bench_commands(scratch: Path) -> dict:
@@ -125,8 +126,8 @@ def bench_commands(scratch: Path) -> dict:
                              "cold_s": round(cold, 2), "warm_s": round(warm, 2)}
         log(f"  {name}: cold {cold:.1f} s, warm {warm:.1f} s")
     return {"per_command": per_command,
-            "totals": {"command_cold": _total(max(c["cold_s"] for c in per_command.values()), "command_cold"),
-                       "command_warm": _total(max(c["warm_s"] for c in per_command.values()), "command_warm")}}
+            "totals": {"command_cold": against_target(max(c["cold_s"] for c in per_command.values()), "command_cold"),
+                       "command_warm": against_target(max(c["warm_s"] for c in per_command.values()), "command_warm")}}
 
 
 def summary_lines(report: dict) -> list[str]:

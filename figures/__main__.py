@@ -1,10 +1,10 @@
 """Regenerate every figure: ``python -m figures [--quick] [--out DIR] [--redraw] [--only NAMES] [--jobs N]``.
 
 Every module of this package that does not start with an underscore is a figure. By default they
-run in this process, longest first, sharing compiled programs (XLA already spreads the large
-operations over the cores). ``--jobs N`` draws independent figures in N worker processes instead;
-measured on 2 CPU cores with an empty compilation cache, all 17 figures took 491 s in one process
-and 540 s in two, since each worker compiles for itself.
+run in this process, longest first, sharing compiled programs; batched flows and minibatch runs
+already spread their points over every core (simulations.runtime.worker_threads). ``--jobs N``
+draws independent figures in N worker processes instead, each compiling for itself (on 2 CPU
+cores that was slower than one process). ``python -m bench.figures`` times every figure.
 """
 
 from __future__ import annotations

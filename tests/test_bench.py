@@ -136,7 +136,9 @@ def test_cli_quick_json_contract(tmp_path):
     # 1 s cannot reach 1e-4 agreement on the quick problem (~1.8e6 steps): a bound, and marked as one.
     assert report["vs_numpy_loop"]["ratio_is_lower_bound"] is True
     assert "vs_numpy_loop: >= " in completed.stderr and "LOWER BOUND" in completed.stderr
-    assert report["sweep_vs_python_loop"]["devices"] == 2 == report["machine"]["device_count"]  # both cores
+    # One CPU device: the batch's flows run point by point on every core, with the single-run program.
+    assert report["sweep_vs_python_loop"]["devices"] == 1 == report["machine"]["device_count"]
+    assert "every core" in report["sweep_vs_python_loop"]["placement"]
     assert "pixels_run" not in report  # full mode only
     machine = report["machine"]
     assert machine["jax_version"] == jax.__version__
@@ -150,3 +152,23 @@ def test_cli_rejects_bad_input():
                                cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 2
     assert completed.stderr.strip().count("\n") == 0 and "--python-calls" in completed.stderr
+
+
+def test_figure_timer_reads_every_figure_line_and_compares_totals():
+    """bench.figures reads the per-figure times python -m figures prints (progress bars included)."""
+    from bench import figures as bench_figures
+
+    stderr = ("reweighting_pre_weights: post max rel error 1.8e-07\n"
+              "reweighting_pre_weights: wrote /tmp/x/reweighting_pre_weights.png (10.6 s)\n"
+              "trajectories: 100%|##| 2/2 [00:13<00:00]\rtrajectories: wrote /tmp/x/trajectories.png (19.6 s)\n"
+              "17 figures: 290.7 s (1 process(es))\n")
+    assert bench_figures.figure_times(stderr) == {"reweighting_pre_weights": 10.6, "trajectories": 19.6}
+    total = bench_figures.against_target(31.0, "quick_cold")
+    lines = bench_figures.summary_lines({"quick": {"totals": {"quick_cold": total}}})
+    assert lines == ["quick_cold: 31.0 s (target <= 30 s: NOT met)"]
+
+
+def test_figure_timer_rejects_unknown_parts():
+    completed = subprocess.run([sys.executable, "-m", "bench.figures", "--skip", "figures,nothing"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 2 and "--skip" in completed.stderr
