@@ -1,8 +1,8 @@
 """Initialization scale: how far trained weights land from the balanced-flow prediction.
 
 Run:  python -m figures.init_scale [--quick] [--out DIR] [--redraw]
-Expected runtime: ~45 s on 2 CPU cores (one run_weighting per (init, eps, seed)); --quick ~5 s
-after figures.weighting_layers (whose compilation it reuses), ~10 s alone.
+Expected runtime: ~40 s on 2 CPU cores with an empty compilation cache, ~20 s warm (three batches,
+solved point by point on both cores); --quick ~10 s.
 
 theory.linear.layer_weights assumes balanced layers (W_(l+1)^T W_(l+1) = W_l W_l^T), which gradient
 flow conserves. An exactly balanced init therefore lands on the prediction at any scale eps (up to

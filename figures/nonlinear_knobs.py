@@ -1,7 +1,8 @@
 """How the non-linear effect depends on the flip probability q and on the width (channels per feature).
 
 Run:  python -m figures.nonlinear_knobs [--quick] [--out DIR] [--redraw]
-Expected runtime: ~30 s on 2 idle CPU cores (two compilations); --quick about the same (compilation).
+Expected runtime: ~30 s on 2 CPU cores with an empty compilation cache (two compilations), ~15 s
+warm; --quick ~20 s.
 
 Left: R^2 of the value x0 of the sign-flipped feature against q (its sign flips with probability
 q in each view: E[x0 x0+] = (1 - 2q)^2 s^2). Lines: closed forms without weight decay (ReLU:

@@ -1,8 +1,8 @@
 """Fixed reweighting head downstream: probe error of the pre-head layer against k, next to the learned head.
 
 Run:  python -m figures.reweighting_downstream [--quick] [--out DIR] [--redraw]
-Expected runtime: ~55-65 s on 2 idle CPU cores (three compilations of the flow; ~8 s is the
-ReLU head's training); --quick ~20 s.
+Expected runtime: ~35 s on 2 CPU cores with an empty compilation cache, ~16 s warm (three flow
+programs; ~8 s is the ReLU head's training); --quick ~25 s.
 
 One pretraining problem (d = 4), three downstream targets, one per regime of the downstream
 experiment: a strong invariant feature (large b, high r: the learned head's pre layer beats post),

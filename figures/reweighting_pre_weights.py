@@ -1,7 +1,8 @@
 """Fixed reweighting head: pre-head weights against k, trained linear encoders over the rank rule.
 
 Run:  python -m figures.reweighting_pre_weights [--quick] [--out DIR] [--redraw]
-Expected runtime: ~20 s on 2 idle CPU cores (one compilation, d = 4); --quick ~8 s.
+Expected runtime: ~10 s on 2 CPU cores (one compilation, d = 4; the 30 flows solved point by point
+on both cores); --quick ~8 s.
 
 A one-layer linear encoder W (width d) behind the frozen head D_k = diag(1, 1/k, 1/k^2, ...) is
 trained by gradient flow on the population spectral loss of D_k W x from small, randomly oriented

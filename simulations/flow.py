@@ -234,6 +234,8 @@ def _segment_points(loss_fn, options, params0, user_args, t_start, t_arm, times)
     host = jax.tree_util.tree_map(np.asarray, (params0, user_args, t_start, t_arm))
     count = np.shape(host[2])[0]
     x64 = bool(jax.config.jax_enable_x64)  # a thread-local setting: carried into the workers
+    if device is not None and times is not None:
+        times = jax.device_put(times, device)
     pending = iter(range(count))
     lock = threading.Lock()
     outputs = [None] * count
