@@ -221,21 +221,21 @@ _segment_jit = jax.jit(_segment, static_argnums=(0, 1))
 _segment_batched = jax.jit(jax.vmap(_segment, in_axes=(None, None, 0, 0, 0, 0, None)), static_argnums=(0, 1))
 
 
-def _segment_points(loss_fn, options, params0, user_args, t_start, t_arm, times):
-    """A batched segment as one single-point solve per point (same outputs as the vmapped program).
+def _over_points(program, static: tuple, batched: tuple, shared: tuple = ()):
+    """``program(*static, *point, *shared)`` for every point of ``batched`` (leading axis), outputs stacked.
 
     Worker threads (one per core, :func:`simulations.runtime.worker_threads`) each take the next
     unsolved point until none is left; XLA runs their calls at the same time and releases the GIL
     meanwhile. The compiled program is the single-point one, whatever the batch size. Points stay
     on the device their arrays were placed on (the sweep's placement), else the default one.
     """
-    leaf = jax.tree_util.tree_leaves(params0)[0]
+    leaf = jax.tree_util.tree_leaves(batched)[0]
     device = next(iter(leaf.sharding.device_set)) if getattr(leaf, "committed", False) else None
-    host = jax.tree_util.tree_map(np.asarray, (params0, user_args, t_start, t_arm))
-    count = np.shape(host[2])[0]
+    host = jax.tree_util.tree_map(np.asarray, batched)
+    count = np.shape(jax.tree_util.tree_leaves(host)[0])[0]
+    if device is not None:
+        shared = jax.device_put(shared, device)
     x64 = bool(jax.config.jax_enable_x64)  # a thread-local setting: carried into the workers
-    if device is not None and times is not None:
-        times = jax.device_put(times, device)
     pending = iter(range(count))
     lock = threading.Lock()
     outputs = [None] * count
@@ -250,7 +250,7 @@ def _segment_points(loss_fn, options, params0, user_args, t_start, t_arm, times)
                 point = jax.tree_util.tree_map(lambda leaf, index=index: leaf[index], host)
                 if device is not None:
                     point = jax.device_put(point, device)
-                out = _segment_jit(loss_fn, options, *point, times)
+                out = program(*static, *point, *shared)
                 outputs[index] = jax.tree_util.tree_map(np.asarray, out)
 
     workers = min(count, worker_threads())
@@ -263,12 +263,14 @@ def _segment_points(loss_fn, options, params0, user_args, t_start, t_arm, times)
     return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *outputs)
 
 
-def _batched_segment(options: FlowOptions):
-    """The batched segment program :data:`FlowOptions.batching` selects."""
-    mode = options.batching
-    if mode == "auto":
-        mode = "points" if jax.default_backend() == "cpu" else "vmap"
-    return _segment_points if mode == "points" else _segment_batched
+def _segment_points(loss_fn, options, params0, user_args, t_start, t_arm, times):
+    """A batched segment as one single-point solve per point (same outputs as the vmapped program)."""
+    return _over_points(_segment_jit, (loss_fn, options), (params0, user_args, t_start, t_arm), (times,))
+
+
+def _points_mode(options: FlowOptions) -> bool:
+    """Whether :data:`FlowOptions.batching` runs a batch point by point here."""
+    return options.batching == "points" or (options.batching == "auto" and jax.default_backend() == "cpu")
 
 
 def _hessian_extremes(loss_fn, params, user_args):
@@ -293,6 +295,11 @@ def _hessian_extremes(loss_fn, params, user_args):
 
 _hessian_jit = jax.jit(_hessian_extremes, static_argnums=0)
 _hessian_batched = jax.jit(jax.vmap(_hessian_extremes, in_axes=(None, 0, 0)), static_argnums=0)
+
+
+def _hessian_points(loss_fn, params, user_args):
+    """The batched certification as one single-point program per point (see :func:`_over_points`)."""
+    return _over_points(_hessian_jit, (loss_fn,), (params, user_args))
 
 
 def compiled_programs(batched: bool = False):
@@ -330,8 +337,9 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
     batch = leaves[0].shape[0] if batched else None
     dtype = leaves[0].dtype
     zeros = jnp.zeros((batch,) if batched else (), dtype)
-    run = _batched_segment(options) if batched else _segment_jit
-    hessian = _hessian_batched if batched else _hessian_jit
+    by_points = batched and _points_mode(options)
+    run = (_segment_points if by_points else _segment_batched) if batched else _segment_jit
+    hessian = (_hessian_points if by_points else _hessian_batched) if batched else _hessian_jit
 
     t_start, t_arm = zeros, zeros
     params, steps, restarts = params0, jnp.zeros_like(zeros, dtype=jnp.int32), jnp.zeros_like(zeros, dtype=jnp.int32)
