@@ -22,7 +22,6 @@ import numpy as np
 
 from figures._common import caption, config_record, progress, run_figure
 from simulations.experiments.downstream import DownstreamConfig, run_downstream
-from simulations.runtime import configure_entry_point
 from theory import downstream as theory
 
 NAME = "downstream_phase"
@@ -197,7 +196,6 @@ def plot(arrays, record):
 
 
 def main(argv=None) -> int:
-    configure_entry_point()
     return run_figure(NAME, __doc__, Config, compute, plot, argv)
 
 

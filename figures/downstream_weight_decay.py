@@ -25,7 +25,6 @@ import numpy as np
 
 from figures._common import caption, config_record, feature_colors, progress, run_figure
 from simulations.experiments.downstream import DownstreamConfig, run_downstream
-from simulations.runtime import configure_entry_point
 from theory import downstream as theory
 from theory import weight_decay as wd_theory
 
@@ -230,7 +229,6 @@ def _disagreement_text(record) -> str:
 
 
 def main(argv=None) -> int:
-    configure_entry_point()
     return run_figure(NAME, __doc__, Config, compute, plot, argv)
 
 

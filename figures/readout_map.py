@@ -21,7 +21,6 @@ import sys
 import numpy as np
 
 from figures._common import caption, config_record, run_figure
-from simulations.runtime import configure_entry_point
 from theory import downstream as downstream_theory
 from theory import readout as theory
 
@@ -144,7 +143,6 @@ def plot(arrays, record):
 
 
 def main(argv=None) -> int:
-    configure_entry_point()
     return run_figure(NAME, __doc__, Config, compute, plot, argv)
 
 

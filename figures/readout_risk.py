@@ -23,7 +23,6 @@ import numpy as np
 from figures._common import caption, config_record, feature_colors, run_figure
 from simulations.experiment import point
 from simulations.experiments import readout as experiment
-from simulations.runtime import configure_entry_point
 from theory import downstream as downstream_theory
 from theory import readout as theory
 
@@ -141,7 +140,6 @@ def plot(arrays, record):
 
 
 def main(argv=None) -> int:
-    configure_entry_point()
     return run_figure(NAME, __doc__, Config, compute, plot, argv)
 
 

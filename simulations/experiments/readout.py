@@ -31,8 +31,8 @@ import numpy as np
 
 from simulations import models, serial_linalg
 from simulations.experiment import Command, Experiment, check_one_shape
+from simulations.experiments.weighting import population_loss  # the same loss: the same compiled flow
 from simulations.flow import gradient_flow
-from simulations.losses import spectral_population_loss, weight_decay_penalty
 from simulations.probe import normalize_representation, ridge_probe
 from theory import readout as theory
 from theory.checks import as_finite_array, check_choice, check_float, check_int
@@ -164,12 +164,6 @@ class ReadoutResult(NamedTuple):
     effective_rank: jax.Array
     layer_weights: jax.Array
     diagnostics: FlowDiagnostics
-
-
-def population_loss(params, args) -> jax.Array:
-    """Exact population spectral loss plus weight decay; ``args = (A, B, weight_decay)``."""
-    pos_cov, second_moment, weight_decay = args
-    return spectral_population_loss(params, pos_cov, second_moment) + weight_decay_penalty(params, weight_decay)
 
 
 def _root(matrix: np.ndarray) -> np.ndarray:
