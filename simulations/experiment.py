@@ -144,7 +144,8 @@ def run(experiment: Experiment, config, **kwargs):
 
 def split_batch(run_batch: Callable, configs: Sequence, devices: Sequence, *, first_alone: bool = False):
     """``run_batch`` on equal consecutive slices of ``configs`` (a multiple of ``len(devices)``), slice
-    i placed on ``devices[i]`` and run in its own thread; the results concatenated in order.
+    i placed on ``devices[i]`` (a device may repeat) and run in its own thread; the results
+    concatenated in order.
 
     ``first_alone`` runs the first slice before the others start (on GPUs, whose persistent-cache
     keys ignore the device, the other devices then load its compiled program instead of compiling).
@@ -185,16 +186,9 @@ def run_split(experiment: Experiment, configs: Sequence, *, workers: int | None 
         return experiment.run_batch(configs)
     size = math.ceil(len(configs) / workers)
     padded = configs + [configs[-1]] * (size * workers - len(configs))
-    x64 = bool(jax.config.jax_enable_x64)  # a thread-local setting: carried into the workers
-
-    def run_slice(index):
-        with jax.enable_x64(x64):
-            return experiment.run_batch(padded[index * size:(index + 1) * size])
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # XLA releases the GIL while it runs
-        slices = list(pool.map(run_slice, range(workers)))
-    return jax.tree_util.tree_map(
-        lambda *leaves: np.concatenate([np.asarray(leaf) for leaf in leaves])[:len(configs)], *slices)
+    # Every slice on the default device: one thread each, one compiled program for all of them.
+    result = split_batch(experiment.run_batch, padded, [jax.local_devices()[0]] * workers)
+    return jax.tree_util.tree_map(lambda leaf: leaf[:len(configs)], result)
 
 
 def validate(experiment: Experiment) -> Experiment:
