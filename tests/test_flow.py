@@ -278,13 +278,17 @@ def test_batched_flow_equals_one_flow_per_point():
 def test_points_batching_equals_vmap(monkeypatch, workers):
     """The CPU's point-by-point batching (threads sharing one compiled program) reproduces the vmapped
     solve bit for bit, and carries float64 into its worker threads."""
-    monkeypatch.setattr("simulations.flow.worker_threads", lambda: workers)
+    asked = []  # the point-by-point path asks how many workers to use; vmap never does
+    monkeypatch.setattr("simulations.flow.worker_threads", lambda: asked.append(workers) or workers)
     depth, seeds, scales = 2, (0, 1, 2), (0.1, 0.3, 0.05)
     params0 = [models.init_balanced(jax.random.PRNGKey(s), D, (D,) * depth, e) for s, e in zip(seeds, scales)]
     stack = lambda trees: jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
     args = stack([_args(pos_cov=a) for a in (A, 0.5 * A, 0.8 * A)])
-    runs = {mode: gradient_flow(population_loss, stack(params0), args, options=FlowOptions(batching=mode),
-                                batched=True) for mode in ("vmap", "points")}
+    runs = {}
+    for mode in ("vmap", "points"):
+        runs[mode] = gradient_flow(population_loss, stack(params0), args, options=FlowOptions(batching=mode),
+                                   batched=True)
+        assert bool(asked) == (mode == "points")
     for leaf_vmap, leaf_points in zip(runs["vmap"].params, runs["points"].params):
         assert np.asarray(leaf_points).dtype == np.float64
         np.testing.assert_array_equal(np.asarray(leaf_points), np.asarray(leaf_vmap))
