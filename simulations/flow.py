@@ -26,14 +26,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from simulations import serial_linalg
-from simulations.rkc import RKC2
+from simulations.programs import stored_jit
 from simulations.runtime import worker_threads
 from theory.checks import check_choice, check_float, check_int
 
@@ -147,6 +146,10 @@ class FlowResult(NamedTuple):
 
 
 def _solver(options: FlowOptions):
+    import diffrax  # imported when a program is traced: a stored program needs neither it nor rkc
+
+    from simulations.rkc import RKC2
+
     if options.solver == "rkc":
         return RKC2(max_stages=options.max_stages)
     return {
@@ -178,6 +181,7 @@ def _steady_condition(loss_fn, options):
 
 def _segment(loss_fn, options: FlowOptions, params0, user_args, t_start, t_arm, times):
     """One diffrax solve from t_start to max_time, ending at the steady-state event."""
+    import diffrax
 
     def vector_field(t, y, args):
         return jax.tree_util.tree_map(jnp.negative, jax.grad(loss_fn)(y, args[0]))
@@ -217,8 +221,13 @@ def _segment(loss_fn, options: FlowOptions, params0, user_args, t_start, t_arm, 
     )
 
 
-_segment_jit = jax.jit(_segment, static_argnums=(0, 1))
-_segment_batched = jax.jit(jax.vmap(_segment, in_axes=(None, None, 0, 0, 0, 0, None)), static_argnums=(0, 1))
+def _segment_vmapped(loss_fn, options, params0, user_args, t_start, t_arm, times):
+    """:func:`_segment` vmapped over every argument but ``times``."""
+    return jax.vmap(lambda *point: _segment(loss_fn, options, *point, times))(params0, user_args, t_start, t_arm)
+
+
+_segment_jit = stored_jit(_segment, static_argnums=(0, 1))
+_segment_batched = stored_jit(_segment_vmapped, static_argnums=(0, 1))
 
 
 def _over_points(program, static: tuple, batched: tuple, shared: tuple = ()):
@@ -293,8 +302,13 @@ def _hessian_extremes(loss_fn, params, user_args):
     return eigenvalues[0], eigenvalues[-1], eigenvectors[:, 0], noise
 
 
-_hessian_jit = jax.jit(_hessian_extremes, static_argnums=0)
-_hessian_batched = jax.jit(jax.vmap(_hessian_extremes, in_axes=(None, 0, 0)), static_argnums=0)
+def _hessian_vmapped(loss_fn, params, user_args):
+    """:func:`_hessian_extremes` vmapped over the points."""
+    return jax.vmap(lambda p, a: _hessian_extremes(loss_fn, p, a))(params, user_args)
+
+
+_hessian_jit = stored_jit(_hessian_extremes, static_argnums=0)
+_hessian_batched = stored_jit(_hessian_vmapped, static_argnums=0)
 
 
 def _hessian_points(loss_fn, params, user_args):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from simulations.matmul import matmul, sandwich
 from simulations.models.linear import LinearParams, end_to_end
 
 
@@ -19,8 +20,8 @@ def spectral_population_loss_of_map(W: jax.Array, pos_cov: jax.Array,
 
     L(W) = -2 tr(W A W^T) + tr((W B W^T)^2); gradient -4 W A + 4 W B W^T W B.
     """
-    covariance = W @ second_moment @ W.T
-    return -2.0 * jnp.trace(W @ pos_cov @ W.T) + jnp.sum(covariance * covariance)
+    covariance = sandwich(W, second_moment)
+    return -2.0 * jnp.sum(matmul(W, pos_cov) * W) + jnp.sum(covariance * covariance)
 
 
 def spectral_population_loss(params: LinearParams, pos_cov: jax.Array,
@@ -207,4 +208,4 @@ def squared_population_loss(end_to_end: jax.Array, class_cross: jax.Array, secon
     = (1/2) tr(Theta B Theta^T) - tr(Theta M) with M = E[x onehot(y)^T] = [pi_c m_c]_c (d, C)
     (theory.supervised.class_cross_moment); the constant E|onehot|^2 / 2 = 1/2 is dropped.
     """
-    return 0.5 * jnp.trace(end_to_end @ second_moment @ end_to_end.T) - jnp.trace(end_to_end @ class_cross)
+    return 0.5 * jnp.sum(matmul(end_to_end, second_moment) * end_to_end) - jnp.sum(end_to_end * class_cross.T)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from simulations.matmul import matmul
 from theory.checks import check_choice, check_float, check_int
 
 LinearParams = tuple  # tuple[jax.Array, ...], one (m_l, m_{l-1}) matrix per layer
@@ -104,7 +105,7 @@ def layer_maps(params: LinearParams) -> tuple[jax.Array, ...]:
     """The maps P_l = W_l ... W_1 for l = 1..L, each of shape (m_l, d)."""
     maps, product = [], None
     for weight in params:
-        product = weight if product is None else weight @ product
+        product = weight if product is None else matmul(weight, product)
         maps.append(product)
     return tuple(maps)
 

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from simulations.matmul import matmul, sandwich
 from theory.checks import check_float, check_int
 
 
@@ -139,9 +140,9 @@ def hidden_kernels(params: ReLUHeadParams, pos_cov: jax.Array, second_moment: ja
 
     The diagonal of K is s_a / 2 exactly (correlation 1, computed without the arccos).
     """
-    P = params.hidden @ params.encoder
-    S = P @ second_moment @ P.T
-    C = P @ pos_cov @ P.T
+    P = matmul(params.hidden, params.encoder)
+    S = sandwich(P, second_moment)
+    C = sandwich(P, pos_cov)
     s = jnp.diagonal(S)
     eye = jnp.eye(S.shape[0], dtype=bool)
     off = relu_gaussian_moment(s[:, None], s[None, :], jnp.where(eye, 0.0, S))
@@ -153,8 +154,8 @@ def hidden_kernels(params: ReLUHeadParams, pos_cov: jax.Array, second_moment: ja
 def relu_head_population_loss(params: ReLUHeadParams, pos_cov: jax.Array, second_moment: jax.Array) -> jax.Array:
     """Exact population spectral loss on Gaussian pairs: -2 tr(M K+) + tr(M K M K), M = V^T V."""
     K, K_pos = hidden_kernels(params, pos_cov, second_moment)
-    M = params.head.T @ params.head
-    MK = M @ K
+    M = matmul(params.head.T, params.head)
+    MK = matmul(M, K)
     return -2.0 * jnp.sum(M * K_pos) + jnp.sum(MK * MK.T)
 
 

@@ -1,0 +1,157 @@
+"""Jitted programs kept on disk as exported StableHLO, so a later process skips tracing them.
+
+JAX's compilation cache (:func:`simulations.runtime.enable_compilation_cache`) saves XLA's work,
+but every process still traces and lowers each program before it can look the compiled one up:
+about 2 s for one gradient-flow solve (diffrax builds a large program), which is most of what a
+warm command pays after start-up. :func:`stored_jit` is :func:`jax.jit` that also saves the
+lowered program (:mod:`jax.export`) next to the compilation cache and, in a later process, loads
+it instead of tracing (a few milliseconds); the compilation cache then supplies the executable.
+
+A stored program is used only when everything it was built from matches: the source of every
+module of the ``simulations`` and ``theory`` packages (one fingerprint), the versions of JAX and
+jaxlib, the backend, the float64 setting, the static arguments and the shapes and dtypes of the
+others. Static arguments must be plain values (numbers, strings, tuples, frozen dataclasses of
+them) or functions defined at module level in those two packages; a program with any other static
+argument (a lambda, a function of a script) is traced as usual, every time. Results are those of
+the plain jitted function, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+#: Packages whose module-level functions may be static arguments of a stored program; their
+#: source is part of every stored program's key.
+PACKAGES = ("simulations", "theory")
+#: Sub-directory of the compilation cache holding the exported programs.
+STORE_DIRECTORY = "exported"
+
+_lock = threading.Lock()
+
+
+@functools.cache
+def _source_fingerprint() -> str:
+    """SHA-256 over the source files of :data:`PACKAGES` (any edit invalidates every stored program)."""
+    return source_fingerprint(Path(__file__).resolve().parent.parent)
+
+
+def source_fingerprint(root: Path) -> str:
+    """SHA-256 over the names and contents of the ``.py`` files of :data:`PACKAGES` under ``root``."""
+    digest = hashlib.sha256()
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _static_token(value) -> str | None:
+    """A stable text for a static argument, or None when it cannot key a stored program."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    if isinstance(value, tuple):
+        parts = [_static_token(item) for item in value]
+        return None if None in parts else "(" + ",".join(parts) + ")"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and value.__dataclass_params__.frozen:
+        parts = [_static_token(getattr(value, field.name)) for field in dataclasses.fields(value)]
+        return None if None in parts else f"{type(value).__module__}.{type(value).__qualname__}({','.join(parts)})"
+    if inspect.isfunction(value) or inspect.isclass(value):
+        module, name = getattr(value, "__module__", ""), value.__qualname__
+        if module.split(".")[0] in PACKAGES and "<" not in name:
+            return f"{module}.{name}"
+    return None
+
+
+def _store() -> Path | None:
+    """Where exported programs live: beside the compilation cache, or None when it is off."""
+    cache = jax.config.jax_compilation_cache_dir
+    return Path(cache) / STORE_DIRECTORY if cache else None
+
+
+def _aval_token(tree) -> str:
+    """Tree structure, shapes, dtypes and weak types of the dynamic arguments."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    typeof = getattr(jax, "typeof", None) or jax.api_util.shaped_abstractify  # older JAX lacks typeof
+    return str(treedef) + ";" + ";".join(str(typeof(leaf)) for leaf in leaves)
+
+
+class StoredJit:
+    """:func:`jax.jit` of ``fun`` whose lowered programs persist across processes (see module doc)."""
+
+    def __init__(self, fun: Callable, static_argnums: tuple[int, ...] = ()):
+        self.fun = fun
+        self.static_argnums = tuple(static_argnums)
+        self.jitted = jax.jit(fun, static_argnums=self.static_argnums)
+        self.name = f"{fun.__module__}.{fun.__qualname__}"
+        self._programs: dict[str, Callable] = {}
+        functools.update_wrapper(self, fun)
+
+    def __call__(self, *args):
+        store = _store()
+        static = [args[i] for i in self.static_argnums]
+        tokens = [_static_token(value) for value in static]
+        if store is None or None in tokens:
+            return self.jitted(*args)
+        dynamic = tuple(arg for i, arg in enumerate(args) if i not in self.static_argnums)
+        key = "|".join([self.name, *tokens, _aval_token(dynamic), str(bool(jax.config.jax_enable_x64)),
+                        jax.default_backend(), jax.__version__, _jaxlib_version(), _source_fingerprint()])
+        program = self._programs.get(key)
+        if program is None:
+            with _lock:
+                program = self._programs.get(key) or self._load_or_export(store, key, static, dynamic)
+                self._programs[key] = program
+        return program(*dynamic)
+
+    def _bound(self, static):
+        """``fun`` with its static arguments filled in, taking the dynamic ones positionally."""
+        def bound(*dynamic):
+            dynamic, merged = list(dynamic), []
+            for index in range(len(static) + len(dynamic)):
+                merged.append(static[self.static_argnums.index(index)] if index in self.static_argnums
+                              else dynamic.pop(0))
+            return self.fun(*merged)
+        return bound
+
+    def _load_or_export(self, store: Path, key: str, static, dynamic) -> Callable:
+        from jax import export
+
+        path = store / (hashlib.sha256(key.encode()).hexdigest() + ".jaxexport")
+        exported = None
+        if path.exists():
+            try:
+                exported = export.deserialize(bytearray(path.read_bytes()))
+            except Exception:  # a truncated or foreign file: export again and replace it
+                exported = None
+        if exported is None:
+            exported = export.export(jax.jit(self._bound(static)))(*dynamic)
+            store.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            partial.write_bytes(exported.serialize())
+            os.replace(partial, path)
+        return jax.jit(exported.call)
+
+
+def stored_jit(fun: Callable | None = None, *, static_argnums: tuple[int, ...] | int = ()) -> Any:
+    """:func:`jax.jit` (positional static arguments only) that keeps its lowered programs on disk."""
+    if isinstance(static_argnums, int):
+        static_argnums = (static_argnums,)
+    if fun is None:
+        return functools.partial(stored_jit, static_argnums=static_argnums)
+    return StoredJit(fun, static_argnums)
+
+
+@functools.cache
+def _jaxlib_version() -> str:
+    from jaxlib import version
+
+    return version.__version__

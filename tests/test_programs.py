@@ -1,0 +1,99 @@
+"""Stored programs (simulations.programs): same numbers as jax.jit, loaded instead of traced, safe keys."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+from simulations import flow, models, programs
+from simulations.experiments.weighting import population_loss
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A private store directory (the suite runs without a compilation cache)."""
+    monkeypatch.setattr(programs, "_store", lambda: tmp_path)
+    return tmp_path
+
+
+def _flow_inputs(dim=3):
+    params = models.init_linear(jax.random.PRNGKey(0), dim, (dim, dim), init="gaussian", init_scale=0.3)
+    args = (jnp.diag(jnp.linspace(0.2, 0.9, dim)), jnp.diag(jnp.linspace(0.5, 2.0, dim)), jnp.zeros(()))
+    return params, args, jnp.zeros(()), jnp.zeros(())
+
+
+def _leaves(tree):
+    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+
+
+def test_stored_flow_segment_equals_jit_and_is_loaded_not_traced(store, monkeypatch):
+    params, args, t_start, t_arm = _flow_inputs()
+    options = flow.FlowOptions()
+    plain = jax.jit(flow._segment, static_argnums=(0, 1))(population_loss, options, params, args, t_start, t_arm, None)
+    first = programs.stored_jit(flow._segment, static_argnums=(0, 1))
+    stored = first(population_loss, options, params, args, t_start, t_arm, None)
+    assert len(list(store.glob("*.jaxexport"))) == 1
+    for a, b in zip(_leaves(plain), _leaves(stored)):
+        np.testing.assert_array_equal(a, b)  # the same program, bit for bit
+
+    # A new process (a fresh wrapper) loads the stored program instead of exporting (tracing) it.
+    def no_export(*args, **kwargs):
+        raise AssertionError("traced again although the program was stored")
+
+    monkeypatch.setattr(export, "export", no_export)
+    again = programs.stored_jit(flow._segment, static_argnums=(0, 1))(
+        population_loss, options, params, args, t_start, t_arm, None)
+    for a, b in zip(_leaves(plain), _leaves(again)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_keys_separate_shapes_options_and_dtypes(store):
+    run = programs.stored_jit(flow._hessian_extremes, static_argnums=0)
+    for dim in (2, 3):
+        params, args, _, _ = _flow_inputs(dim)
+        run(population_loss, params, args)
+    params, args, _, _ = _flow_inputs(2)
+    run(population_loss, jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params), args)
+    assert len(list(store.glob("*.jaxexport"))) == 3
+    segment = programs.stored_jit(flow._segment, static_argnums=(0, 1))
+    params, args, t_start, t_arm = _flow_inputs(2)
+    for rtol in (1e-5, 1e-6):
+        segment(population_loss, flow.FlowOptions(rtol=rtol), params, args, t_start, t_arm, None)
+    assert len(list(store.glob("*.jaxexport"))) == 5
+
+
+def test_unstorable_static_arguments_fall_back_to_jit(store):
+    params, args, t_start, t_arm = _flow_inputs()
+    loss = lambda p, a: population_loss(p, a)  # noqa: E731 (a lambda cannot key a stored program)
+    out = programs.stored_jit(flow._segment, static_argnums=(0, 1))(
+        loss, flow.FlowOptions(), params, args, t_start, t_arm, None)
+    assert bool(out["event"])
+    assert list(store.glob("*")) == []
+    assert programs._static_token(loss) is None
+    assert programs._static_token(population_loss) == "simulations.experiments.weighting.population_loss"
+    assert programs._static_token(np.sum) is None  # functions outside the two packages never key a program
+
+
+def test_a_corrupt_stored_program_is_replaced(store):
+    params, args, _, _ = _flow_inputs()
+    programs.stored_jit(flow._hessian_extremes, static_argnums=0)(population_loss, params, args)
+    (path,) = store.glob("*.jaxexport")
+    path.write_bytes(b"not a program")
+    out = programs.stored_jit(flow._hessian_extremes, static_argnums=0)(population_loss, params, args)
+    assert np.isfinite(np.asarray(out[0]))
+    assert path.read_bytes() != b"not a program"
+
+
+def test_source_fingerprint_changes_with_any_module_of_either_package(tmp_path):
+    for package in programs.PACKAGES:
+        (tmp_path / package / "sub").mkdir(parents=True)
+        (tmp_path / package / "sub" / "module.py").write_text("x = 1\n")
+    before = programs.source_fingerprint(tmp_path)
+    (tmp_path / "theory" / "notes.txt").write_text("not source")
+    assert programs.source_fingerprint(tmp_path) == before
+    for package in programs.PACKAGES:
+        (tmp_path / package / "sub" / "module.py").write_text("x = 2\n")
+        changed = programs.source_fingerprint(tmp_path)
+        assert changed != before
+        before = changed
