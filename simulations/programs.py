@@ -123,8 +123,11 @@ class StoredJit:
         return bound
 
     def _load_or_export(self, store: Path, key: str, static, dynamic) -> Callable:
+        """The stored program for ``key``, exported first if missing or unreadable (kept in this
+        process only if JAX cannot serialize it, e.g. an output node type it does not know)."""
         from jax import export
 
+        _register_named_tuples(dynamic)
         path = store / (hashlib.sha256(key.encode()).hexdigest() + ".jaxexport")
         exported = None
         if path.exists():
@@ -134,11 +137,41 @@ class StoredJit:
                 exported = None
         if exported is None:
             exported = export.export(jax.jit(self._bound(static)))(*dynamic)
+            try:
+                blob = exported.serialize()
+            except ValueError:
+                return jax.jit(exported.call)
             store.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            partial.write_bytes(exported.serialize())
+            partial.write_bytes(blob)
             os.replace(partial, path)
         return jax.jit(exported.call)
+
+
+_registered: set[type] = set()
+
+
+def _register_named_tuples(tree) -> None:
+    """Make every NamedTuple type in ``tree`` serializable (needed to save and to load programs)."""
+    from jax import export
+
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tuple):
+            kind = type(node)
+            if hasattr(kind, "_fields") and kind not in _registered:
+                try:
+                    name = f"{kind.__module__}.{kind.__qualname__}"
+                    export.register_namedtuple_serialization(kind, serialized_name=name)
+                except ValueError:  # registered already (by an earlier import of this module)
+                    pass
+                _registered.add(kind)
+            stack.extend(node)
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
 
 
 def stored_jit(fun: Callable | None = None, *, static_argnums: tuple[int, ...] | int = ()) -> Any:

@@ -97,3 +97,18 @@ def test_source_fingerprint_changes_with_any_module_of_either_package(tmp_path):
         changed = programs.source_fingerprint(tmp_path)
         assert changed != before
         before = changed
+
+
+def test_named_tuple_parameters_are_stored_and_loaded(store, monkeypatch):
+    from simulations.models import relu_head
+
+    params = relu_head.init_relu_head(jax.random.PRNGKey(1), 3, 3, 4, 3)
+    args = (jnp.diag(jnp.asarray([0.9, 0.5, 0.2])), jnp.diag(jnp.asarray([1.0, 0.8, 0.5])))
+    plain = flow._hessian_extremes(relu_head._flow_loss, params, args)
+    stored = programs.stored_jit(flow._hessian_extremes, static_argnums=0)(relu_head._flow_loss, params, args)
+    assert len(list(store.glob("*.jaxexport"))) == 1
+    monkeypatch.setattr(export, "export", lambda *a, **k: pytest.fail("traced again"))
+    loaded = programs.stored_jit(flow._hessian_extremes, static_argnums=0)(relu_head._flow_loss, params, args)
+    for a, b, c in zip(_leaves(plain), _leaves(stored), _leaves(loaded)):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(b, c)
