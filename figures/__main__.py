@@ -1,10 +1,13 @@
 """Regenerate every figure: ``python -m figures [--quick] [--out DIR] [--redraw] [--only NAMES] [--jobs N]``.
 
 Every module of this package that does not start with an underscore is a figure. By default they
-run in this process, longest first, sharing compiled programs; batched flows and minibatch runs
-already spread their points over every core (simulations.runtime.worker_threads). ``--jobs N``
-draws independent figures in N worker processes instead, each compiling for itself (on 2 CPU
-cores that was slower than one process). ``python -m bench.figures`` times every figure.
+are drawn by two worker processes (one on a single-core machine), longest first, each taking the
+next figure when it finishes one. With an empty compilation cache most of a figure's time is
+compiling, which XLA does on one core, so two processes compile two figures at once: on 2 CPU
+cores all 17 figures took 220 s with ``--jobs 2`` against 285 s in one process (108 s against
+134 s warm). ``--jobs 1`` draws them in this process; batched flows and minibatch runs spread
+their points over every core either way (simulations.runtime.worker_threads).
+``python -m bench.figures`` times every figure.
 """
 
 from __future__ import annotations
@@ -17,12 +20,24 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from figures._common import build_parser, draw, output_directory
+from simulations.runtime import worker_threads
 
-#: Drawn first, in this order: the slowest figures start first (so parallel workers finish together)
-#: (measured cold times on 2 CPU cores, longest first); figures not listed follow alphabetically.
-FIRST = ("reweighting_pre_weights", "reweighting_downstream", "nonlinear_knobs", "init_scale",
-         "supervised_coarse_to_fine", "trajectories", "supervised_shift", "nonlinear_decodability", "weight_decay",
-         "nonlinear_diagonal", "weighting_layers", "downstream_knobs", "downstream_weight_decay", "downstream_phase")
+#: The theory figures: the closed forms against simulations on synthetic features (the others
+#: show real pixels and the readout oracle).
+THEORY = ("reweighting_pre_weights", "reweighting_downstream", "nonlinear_knobs", "init_scale",
+          "supervised_coarse_to_fine", "trajectories", "supervised_shift", "nonlinear_decodability", "weight_decay",
+          "nonlinear_diagonal", "weighting_layers", "downstream_knobs", "downstream_weight_decay", "downstream_phase")
+#: Drawn first, in this order: longest first (cold times on 2 CPU cores), so that worker processes
+#: finish together; figures not listed follow alphabetically.
+FIRST = ("pixels", "reweighting_downstream", "nonlinear_knobs", "supervised_coarse_to_fine", "init_scale",
+         "trajectories", "readout_risk", "supervised_shift", "weight_decay", "nonlinear_diagonal",
+         "downstream_weight_decay", "weighting_layers", "downstream_knobs", "nonlinear_decodability",
+         "reweighting_pre_weights", "downstream_phase", "readout_map")
+
+
+def default_jobs() -> int:
+    """Worker processes by default: two, or one on a single-core machine."""
+    return min(2, worker_threads())
 
 
 def figure_names() -> list[str]:
@@ -37,8 +52,9 @@ def main(argv=None) -> int:
     parser.prog = "python -m figures"
     parser.add_argument("--only", default=None,
                         help="comma-separated figure names to draw (default: all of " + ", ".join(figure_names()) + ")")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="worker processes drawing independent figures (default 1: draw in this process)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="worker processes drawing independent figures (default: 2, or 1 on a single core; "
+                             "1 draws in this process)")
     args = parser.parse_args(argv)
     names = figure_names()
     if args.only is not None:
@@ -47,7 +63,7 @@ def main(argv=None) -> int:
         if unknown or not wanted:
             parser.error(f"--only must name figures among {names}, got {args.only!r}")
         names = [name for name in names if name in wanted]
-    jobs = args.jobs
+    jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         parser.error(f"--jobs must be an integer >= 1, got {jobs}")
     forwarded = (["--out", str(output_directory(args))] + (["--quick"] if args.quick else [])

@@ -93,6 +93,7 @@ class StoredJit:
         self.static_argnums = tuple(static_argnums)
         self.jitted = jax.jit(fun, static_argnums=self.static_argnums)
         self.name = f"{fun.__module__}.{fun.__qualname__}"
+        self.storable = _static_token(fun) is not None  # its source is part of the fingerprint
         self._programs: dict[str, Callable] = {}
         functools.update_wrapper(self, fun)
 
@@ -100,7 +101,7 @@ class StoredJit:
         store = _store()
         static = [args[i] for i in self.static_argnums]
         tokens = [_static_token(value) for value in static]
-        if store is None or None in tokens:
+        if store is None or not self.storable or None in tokens:
             return self.jitted(*args)
         dynamic = tuple(arg for i, arg in enumerate(args) if i not in self.static_argnums)
         key = "|".join([self.name, *tokens, _aval_token(dynamic), str(bool(jax.config.jax_enable_x64)),
@@ -112,23 +113,24 @@ class StoredJit:
                 self._programs[key] = program
         return program(*dynamic)
 
-    def _bound(self, static):
-        """``fun`` with its static arguments filled in, taking the dynamic ones positionally."""
-        def bound(*dynamic):
-            dynamic, merged = list(dynamic), []
-            for index in range(len(static) + len(dynamic)):
-                merged.append(static[self.static_argnums.index(index)] if index in self.static_argnums
-                              else dynamic.pop(0))
-            return self.fun(*merged)
-        return bound
+    def _merged(self, static, dynamic) -> list:
+        """The full argument list from the static and the dynamic arguments."""
+        dynamic, merged = list(dynamic), []
+        for index in range(len(static) + len(dynamic)):
+            merged.append(static[self.static_argnums.index(index)] if index in self.static_argnums else dynamic.pop(0))
+        return merged
 
     def _load_or_export(self, store: Path, key: str, static, dynamic) -> Callable:
-        """The stored program for ``key``, exported first if missing or unreadable (kept in this
-        process only if JAX cannot serialize it, e.g. an output node type it does not know)."""
+        """The stored program for ``key``, exported first if missing or unreadable; kept in this
+        process only if JAX cannot serialize it (an output node type it does not know), and the
+        plain jitted function if JAX cannot export it (a host callback)."""
         from jax import export
 
         _register_named_tuples(dynamic)
         path = store / (hashlib.sha256(key.encode()).hexdigest() + ".jaxexport")
+        plain = lambda *args: self.jitted(*self._merged(static, args))  # noqa: E731
+        if path.with_suffix(".unexportable").exists():
+            return plain
         exported = None
         if path.exists():
             try:
@@ -136,7 +138,12 @@ class StoredJit:
             except Exception:  # a truncated or foreign file: export again and replace it
                 exported = None
         if exported is None:
-            exported = export.export(jax.jit(self._bound(static)))(*dynamic)
+            try:
+                exported = export.export(jax.jit(lambda *args: self.fun(*self._merged(static, args))))(*dynamic)
+            except Exception:  # JAX cannot export it (a host callback, say): say so for later processes
+                store.mkdir(parents=True, exist_ok=True)
+                path.with_suffix(".unexportable").touch()
+                return plain
             try:
                 blob = exported.serialize()
             except ValueError:

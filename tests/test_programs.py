@@ -112,3 +112,28 @@ def test_named_tuple_parameters_are_stored_and_loaded(store, monkeypatch):
     for a, b, c in zip(_leaves(plain), _leaves(stored), _leaves(loaded)):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
         np.testing.assert_array_equal(b, c)
+
+
+def test_programs_jax_cannot_export_run_as_plain_jit_and_are_marked(store, monkeypatch):
+    # Recording a trajectory makes diffrax check the grid with a host callback, which JAX cannot export.
+    params, args, t_start, t_arm = _flow_inputs()
+    times = jnp.linspace(0.0, 5.0, 4)
+    plain = jax.jit(flow._segment, static_argnums=(0, 1))(
+        population_loss, flow.FlowOptions(), params, args, t_start, t_arm, times)
+    run = programs.stored_jit(flow._segment, static_argnums=(0, 1))
+    out = run(population_loss, flow.FlowOptions(), params, args, t_start, t_arm, times)
+    for a, b in zip(_leaves(plain), _leaves(out)):
+        np.testing.assert_array_equal(a, b)
+    assert list(store.glob("*.jaxexport")) == [] and len(list(store.glob("*.unexportable"))) == 1
+    # A later process does not try again.
+    monkeypatch.setattr(export, "export", lambda *a, **k: pytest.fail("export attempted again"))
+    programs.stored_jit(flow._segment, static_argnums=(0, 1))(
+        population_loss, flow.FlowOptions(), params, args, t_start, t_arm, times)
+
+
+def test_functions_outside_the_packages_are_never_stored(store):
+    def double(x):
+        return 2 * x
+
+    assert float(programs.stored_jit(double)(jnp.ones(()))) == 2.0
+    assert list(store.glob("*")) == []
