@@ -383,3 +383,22 @@ def test_sampled_spectral_loss_is_unbiased(name):
     # Power: the same sample resolves the O(1/n) bias of the estimator with the diagonal pairs.
     biased_error = biased.std(ddof=1) / np.sqrt(N_BATCHES)
     assert abs(biased.mean() - population) > MC_SIGMAS * max(standard_error, biased_error)
+
+
+def test_compiled_initialization_equals_the_eager_formulas_bit_for_bit():
+    # init_linear runs as one compiled program; its numbers must stay those of sampling and then
+    # scaling op by op (XLA would otherwise fuse the scaling into the sampler and round differently).
+    key = jax.random.fold_in(jax.random.PRNGKey(3), 0)
+    dims, eps = (5, 4, 3), 0.07
+    keys = jax.random.split(key, len(dims) - 1)
+    eager = [eps / jnp.sqrt(dims[l]) * jax.random.normal(keys[l], (dims[l + 1], dims[l])) for l in range(2)]
+    for got, want in zip(models.init_linear(key, dims[0], dims[1:], init="gaussian", init_scale=eps), eager):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    keys = jax.random.split(key, len(dims))
+    frames = []
+    for l in range(len(dims)):
+        q, r = jnp.linalg.qr(jax.random.normal(keys[l], (dims[l], dims[l])))
+        frames.append((q * jnp.sign(jnp.diag(r))[None, :])[:, :min(dims)])
+    eager = [eps * frames[l + 1] @ frames[l].T for l in range(2)]
+    for got, want in zip(models.init_linear(key, dims[0], dims[1:], init="balanced", init_scale=eps), eager):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

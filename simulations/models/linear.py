@@ -7,12 +7,14 @@ P_l x with P_l = W_l ... W_1, so "pre" (layer L-1) and "post" (layer L) are indi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from simulations.matmul import matmul
+from simulations.programs import stored_jit
 from theory.checks import check_choice, check_float, check_int
 
 LinearParams = tuple  # tuple[jax.Array, ...], one (m_l, m_{l-1}) matrix per layer
@@ -52,12 +54,7 @@ def init_balanced(key: jax.Array, input_dim: int, widths: Sequence[int],
     Returns:
         Tuple of L arrays, W_l of shape (m_l, m_{l-1}).
     """
-    dims = layer_dims(input_dim, widths)
-    eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
-    k = min(dims)
-    keys = jax.random.split(key, len(dims))
-    frames = [_random_orthonormal(keys[l], dims[l], k) for l in range(len(dims))]
-    return tuple(eps * frames[l + 1] @ frames[l].T for l in range(len(dims) - 1))
+    return init_linear(key, input_dim, widths, init="balanced", init_scale=init_scale)
 
 
 def init_gaussian(key: jax.Array, input_dim: int, widths: Sequence[int],
@@ -70,13 +67,7 @@ def init_gaussian(key: jax.Array, input_dim: int, widths: Sequence[int],
     flow without weight decay, which is why the trained weights deviate from the balanced
     prediction by O(eps^2).
     """
-    dims = layer_dims(input_dim, widths)
-    eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
-    keys = jax.random.split(key, len(dims) - 1)
-    return tuple(
-        eps / jnp.sqrt(dims[l]) * jax.random.normal(keys[l], (dims[l + 1], dims[l]))
-        for l in range(len(dims) - 1)
-    )
+    return init_linear(key, input_dim, widths, init="gaussian", init_scale=init_scale)
 
 
 def init_aligned(key: jax.Array, input_dim: int, widths: Sequence[int],
@@ -87,18 +78,41 @@ def init_aligned(key: jax.Array, input_dim: int, widths: Sequence[int],
     evolves as its own scalar ODE (theory.dynamics and theory.weight_decay.basin_weights are then
     exact); features j >= k are never learned. ``key`` is unused (kept for a uniform signature).
     """
-    del key
-    dims = layer_dims(input_dim, widths)
-    eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
-    return tuple(eps * jnp.eye(dims[l + 1], dims[l]) for l in range(len(dims) - 1))
+    return init_linear(key, input_dim, widths, init="aligned", init_scale=init_scale)
 
 
 def init_linear(key: jax.Array, input_dim: int, widths: Sequence[int], *,
                 init: str = DEFAULT_INIT, init_scale: float = DEFAULT_INIT_SCALE) -> LinearParams:
-    """Initialize a deep linear network; ``init`` is "balanced" (default), "gaussian" or "aligned"."""
+    """Initialize a deep linear network; ``init`` is "balanced" (default), "gaussian" or "aligned".
+
+    One compiled program per (init, layer sizes, dtype): dispatching its dozens of small operations
+    one by one cost a command about 0.8 s of lowering and cache look-ups.
+    """
     check_choice("init", init, INITS)
-    builder = {"balanced": init_balanced, "gaussian": init_gaussian, "aligned": init_aligned}[init]
-    return builder(key, input_dim, widths, init_scale)
+    dims = layer_dims(input_dim, widths)
+    eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
+    if init == "gaussian":  # eps / sqrt(fan-in) outside the program (as earlier versions computed it)
+        scales = jnp.stack([eps / jnp.sqrt(fan_in) for fan_in in dims[:-1]])
+    else:
+        scales = jnp.full(len(dims) - 1, eps)
+    return _init_program(key, scales, dims, init)
+
+
+@functools.partial(stored_jit, static_argnums=(2, 3))
+def _init_program(key: jax.Array, scales: jax.Array, dims: tuple[int, ...], init: str) -> LinearParams:
+    layers = range(len(dims) - 1)
+    if init == "balanced":
+        k = min(dims)
+        keys = jax.random.split(key, len(dims))
+        frames = [_random_orthonormal(keys[l], dims[l], k) for l in range(len(dims))]
+        return tuple(scales[l] * frames[l + 1] @ frames[l].T for l in layers)
+    if init == "gaussian":
+        keys = jax.random.split(key, len(dims) - 1)
+        # The barrier keeps XLA from fusing the scaling into the sampler, which rounds differently
+        # from sampling and then scaling (the numbers of earlier versions, which ran them apart).
+        return tuple(scales[l] * jax.lax.optimization_barrier(jax.random.normal(keys[l], (dims[l + 1], dims[l])))
+                     for l in layers)
+    return tuple(scales[l] * jnp.eye(dims[l + 1], dims[l]) for l in layers)
 
 
 def layer_maps(params: LinearParams) -> tuple[jax.Array, ...]:
