@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench.report import machine
-from figures.__main__ import THEORY
+from figures.__main__ import THEORY, figure_names
 from simulations.cli import OneLineArgumentParser
 from simulations.runtime import CACHE_ENV
 
@@ -56,7 +56,9 @@ COMMANDS = {
 }
 PARTS = ("figures", "quick", "commands")
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
-_WROTE = re.compile(r"^(\w+): wrote .* \(([0-9.]+) s\)$")
+#: A figure's closing line; names are matched against the figure list, since another worker's
+#: progress bar may end right before one on the same line.
+_WROTE = re.compile("(" + "|".join(sorted(figure_names(), key=len, reverse=True)) + r"): wrote \S+ \(([0-9.]+) s\)")
 
 
 def log(message: str) -> None:
@@ -75,13 +77,9 @@ def _run(arguments: list[str], cache: Path) -> tuple[float, str]:
 
 
 def figure_times(stderr: str) -> dict[str, float]:
-    """Per-figure seconds from the ``NAME: wrote PATH (S s)`` lines of ``python -m figures``."""
-    times = {}
-    for line in stderr.splitlines():
-        match = _WROTE.match(line.strip().split("\r")[-1])
-        if match:
-            times[match.group(1)] = float(match.group(2))
-    return times
+    """Per-figure seconds from the ``NAME: wrote PATH (S s)`` lines of ``python -m figures``, found
+    anywhere in the text: two workers' progress bars may share a line with them."""
+    return {match.group(1): float(match.group(2)) for match in _WROTE.finditer(stderr)}
 
 
 def against_target(seconds: float, target: str) -> dict:

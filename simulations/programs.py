@@ -88,28 +88,33 @@ def _aval_token(tree) -> str:
 class StoredJit:
     """:func:`jax.jit` of ``fun`` whose lowered programs persist across processes (see module doc)."""
 
-    def __init__(self, fun: Callable, static_argnums: tuple[int, ...] = ()):
+    def __init__(self, fun: Callable, static_argnums: tuple[int, ...] = (), static_argnames: tuple[str, ...] = ()):
         self.fun = fun
         self.static_argnums = tuple(static_argnums)
-        self.jitted = jax.jit(fun, static_argnums=self.static_argnums)
+        self.static_argnames = tuple(static_argnames)
+        self.jitted = jax.jit(fun, static_argnums=self.static_argnums, static_argnames=self.static_argnames)
         self.name = f"{fun.__module__}.{fun.__qualname__}"
         self.storable = _static_token(fun) is not None  # its source is part of the fingerprint
         self._programs: dict[str, Callable] = {}
         functools.update_wrapper(self, fun)
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         store = _store()
         static = [args[i] for i in self.static_argnums]
+        named = dict(sorted(kwargs.items()))
         tokens = [_static_token(value) for value in static]
+        for name, value in named.items():  # any keyword that is not static makes the call a plain jitted one
+            token = _static_token(value) if name in self.static_argnames else None
+            tokens.append(None if token is None else f"{name}={token}")
         if store is None or not self.storable or None in tokens:
-            return self.jitted(*args)
+            return self.jitted(*args, **kwargs)
         dynamic = tuple(arg for i, arg in enumerate(args) if i not in self.static_argnums)
         key = "|".join([self.name, *tokens, _aval_token(dynamic), str(bool(jax.config.jax_enable_x64)),
                         jax.default_backend(), jax.__version__, _jaxlib_version(), _source_fingerprint()])
         program = self._programs.get(key)
         if program is None:
             with _lock:
-                program = self._programs.get(key) or self._load_or_export(store, key, static, dynamic)
+                program = self._programs.get(key) or self._load_or_export(store, key, static, named, dynamic)
                 self._programs[key] = program
         return program(*dynamic)
 
@@ -120,7 +125,7 @@ class StoredJit:
             merged.append(static[self.static_argnums.index(index)] if index in self.static_argnums else dynamic.pop(0))
         return merged
 
-    def _load_or_export(self, store: Path, key: str, static, dynamic) -> Callable:
+    def _load_or_export(self, store: Path, key: str, static, named, dynamic) -> Callable:
         """The stored program for ``key``, exported first if missing or unreadable; kept in this
         process only if JAX cannot serialize it (an output node type it does not know), and the
         plain jitted function if JAX cannot export it (a host callback)."""
@@ -128,7 +133,7 @@ class StoredJit:
 
         _register_named_tuples(dynamic)
         path = store / (hashlib.sha256(key.encode()).hexdigest() + ".jaxexport")
-        plain = lambda *args: self.jitted(*self._merged(static, args))  # noqa: E731
+        plain = lambda *args: self.jitted(*self._merged(static, args), **named)  # noqa: E731
         if path.with_suffix(".unexportable").exists():
             return plain
         exported = None
@@ -139,7 +144,8 @@ class StoredJit:
                 exported = None
         if exported is None:
             try:
-                exported = export.export(jax.jit(lambda *args: self.fun(*self._merged(static, args))))(*dynamic)
+                bound = lambda *args: self.fun(*self._merged(static, args), **named)  # noqa: E731
+                exported = export.export(jax.jit(bound))(*dynamic)
             except Exception:  # JAX cannot export it (a host callback, say): say so for later processes
                 store.mkdir(parents=True, exist_ok=True)
                 path.with_suffix(".unexportable").touch()
@@ -181,13 +187,17 @@ def _register_named_tuples(tree) -> None:
             stack.extend(node.values())
 
 
-def stored_jit(fun: Callable | None = None, *, static_argnums: tuple[int, ...] | int = ()) -> Any:
-    """:func:`jax.jit` (positional static arguments only) that keeps its lowered programs on disk."""
+def stored_jit(fun: Callable | None = None, *, static_argnums: tuple[int, ...] | int = (),
+               static_argnames: tuple[str, ...] | str = ()) -> Any:
+    """:func:`jax.jit` that keeps its lowered programs on disk (static arguments by position or by
+    keyword; other keyword arguments make a call a plain jitted one)."""
     if isinstance(static_argnums, int):
         static_argnums = (static_argnums,)
+    if isinstance(static_argnames, str):
+        static_argnames = (static_argnames,)
     if fun is None:
-        return functools.partial(stored_jit, static_argnums=static_argnums)
-    return StoredJit(fun, static_argnums)
+        return functools.partial(stored_jit, static_argnums=static_argnums, static_argnames=static_argnames)
+    return StoredJit(fun, static_argnums, static_argnames)
 
 
 @functools.cache

@@ -15,7 +15,9 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
     """Cache compiled XLA programs on disk so a second run skips compilation.
 
     A single weighting run spends most of its wall time compiling the solver (seconds) and
-    little integrating; the persistent cache removes that from every run after the first.
+    little integrating; the persistent cache removes that from every run after the first. Its
+    ``exported/`` sub-directory holds the traced programs of :mod:`simulations.programs`, which
+    a later run loads instead of tracing.
     Default location: $PROJECTION_HEAD_JAX_CACHE or ~/.cache/projection-head-theory/jax.
     """
     path = Path(directory or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "projection-head-theory" / "jax")

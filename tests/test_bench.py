@@ -155,14 +155,17 @@ def test_cli_rejects_bad_input():
 
 
 def test_figure_timer_reads_every_figure_line_and_compares_totals():
-    """bench.figures reads the per-figure times python -m figures prints (progress bars included)."""
+    """bench.figures reads the per-figure times python -m figures prints (progress bars of either
+    worker included)."""
     from bench import figures as bench_figures
 
     stderr = ("reweighting_pre_weights: post max rel error 1.8e-07\n"
               "reweighting_pre_weights: wrote /tmp/x/reweighting_pre_weights.png (10.6 s)\n"
               "trajectories: 100%|##| 2/2 [00:13<00:00]\rtrajectories: wrote /tmp/x/trajectories.png (19.6 s)\n"
-              "17 figures: 290.7 s (1 process(es))\n")
-    assert bench_figures.figure_times(stderr) == {"reweighting_pre_weights": 10.6, "trajectories": 19.6}
+              "init_scale:  33%|#  | 1/3 [00:12<00:25]weighting_layers: wrote /tmp/x/weighting_layers.png (9.7 s)\n"
+              "17 figures: 290.7 s (2 process(es))\n")
+    assert bench_figures.figure_times(stderr) == {"reweighting_pre_weights": 10.6, "trajectories": 19.6,
+                                                  "weighting_layers": 9.7}
     total = bench_figures.against_target(31.0, "quick_cold")
     lines = bench_figures.summary_lines({"quick": {"totals": {"quick_cold": total}}})
     assert lines == ["quick_cold: 31.0 s (target <= 30 s: NOT met)"]

@@ -42,6 +42,7 @@ from simulations import data
 from simulations.experiment import Command, Experiment, check_one_shape, stack
 from simulations.experiments import nonlinear_common as common
 from simulations.experiments.nonlinear_common import ATTRIBUTES, LAYERS, NETS, NonlinearResult, initialize, predict
+from simulations.programs import stored_jit
 from simulations.train import check_finite, check_steps, descend, record_times
 from theory import relu_diagonal
 from theory.checks import as_finite_array, check_choice, check_float, check_int
@@ -172,8 +173,8 @@ def shape_key(config: NonlinearConfig) -> tuple:
             config.steps, config.record_every, config.batch_size, config.n_train, config.n_test)
 
 
-@functools.partial(jax.jit, static_argnames=("kinds", "loss", "temperature", "steps", "record_every", "batch_size",
-                                             "n_train", "n_test"))
+@functools.partial(stored_jit, static_argnames=("kinds", "loss", "temperature", "steps", "record_every", "batch_size",
+                                                "n_train", "n_test"))
 def _program(params0, key, learning_rate, weight_decay, stds, strengths, ridge, *, kinds, loss, temperature,
              steps, record_every, batch_size, n_train, n_test):
     """Train both nets on shared fresh minibatches, then probe; vmapped over the leading axis."""

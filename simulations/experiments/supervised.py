@@ -37,6 +37,7 @@ from simulations.data.mixtures import TASKS
 from simulations.experiment import Command, Experiment, check_one_shape
 from simulations.experiments import supervised_common as common
 from simulations.experiments.supervised_common import CONTRASTIVE, LAYERS, LOSSES, NETWORKS, SupervisedResult
+from simulations.programs import stored_jit
 from simulations.train import check_finite, descend
 from theory.checks import check_choice, check_float, check_int
 
@@ -177,10 +178,10 @@ def _point(config, key, hp):
     return (*measured, trained.losses)
 
 
-@functools.cache
-def _program(config_template: SupervisedConfig):
-    """The jitted, vmapped program of one shape_key (a config with that key stands for it)."""
-    return jax.jit(jax.vmap(lambda key, hp: _point(config_template, key, hp)))
+@functools.partial(stored_jit, static_argnums=0)
+def _program(config_template: SupervisedConfig, keys, hp):
+    """Every point of one shape_key, vmapped (a config with that key stands for it)."""
+    return jax.vmap(lambda key, point_hp: _point(config_template, key, point_hp))(keys, hp)
 
 
 def _template(config: SupervisedConfig) -> SupervisedConfig:
@@ -211,7 +212,7 @@ def run_batch(configs: Sequence[SupervisedConfig], *, place=None) -> SupervisedR
     hp["loss_index"] = jnp.asarray([LOSSES.index(c.loss) for c in configs])
     hp["linear"] = jnp.asarray([float(c.network == "linear") for c in configs], dtype=dtype)
     layer_in, layer_pre, layer_post, weights, classifier_worst, losses = jax.tree_util.tree_map(
-        np.asarray, _program(_template(configs[0]))(root_keys, place(hp)))
+        np.asarray, _program(_template(configs[0]), root_keys, place(hp)))
     for index, config in enumerate(configs):
         check_finite(losses[index], record_every=RECORD_EVERY, learning_rate=config.learning_rate,
                      what=f"supervised training (seed {config.seed}, loss {config.loss})", remedy="init_scale")
