@@ -152,7 +152,7 @@ class StoredJit:
                 return plain
             try:
                 blob = exported.serialize()
-            except ValueError:
+            except ValueError:  # an output node type JAX cannot serialize: use it here, export it again later
                 return jax.jit(exported.call)
             store.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")

@@ -148,3 +148,24 @@ def test_functions_outside_the_packages_are_never_stored(store):
     before = set(store.glob("*"))
     assert float(programs.stored_jit(double)(jnp.ones(()))) == 2.0
     assert set(store.glob("*")) == before
+
+
+def _scaled_sum(x, y, *, power, label):
+    assert label in ("a", "b")
+    return jnp.sum(x**power) + y
+
+
+def test_static_keyword_arguments_key_the_program(store, monkeypatch):
+    monkeypatch.setattr(_scaled_sum, "__module__", "simulations.stand_in")  # as if defined in the package
+    run = programs.stored_jit(_scaled_sum, static_argnames=("power", "label"))
+    x, y = jnp.arange(3.0), jnp.asarray(1.0)
+    before = set(store.glob("*"))
+    assert float(run(x, y, power=2, label="a")) == 6.0
+    assert float(run(x, y, power=3, label="a")) == 10.0
+    assert float(run(x, y, label="b", power=2)) == 6.0
+    assert len(_new_files(store, before)) == 3
+    monkeypatch.setattr(export, "export", lambda *a, **k: pytest.fail("traced again"))
+    again = programs.stored_jit(_scaled_sum, static_argnames=("power", "label"))
+    assert float(again(x, y, power=3, label="a")) == 10.0
+    with pytest.raises(TypeError, match="static"):  # a keyword not declared static is traced (plain jit)
+        programs.stored_jit(_scaled_sum, static_argnames=("power",))(x, y, power=2, label="a")
