@@ -106,9 +106,10 @@ class StoredJit:
         for name, value in named.items():  # any keyword that is not static makes the call a plain jitted one
             token = _static_token(value) if name in self.static_argnames else None
             tokens.append(None if token is None else f"{name}={token}")
-        if store is None or not self.storable or None in tokens:
-            return self.jitted(*args, **kwargs)
         dynamic = tuple(arg for i, arg in enumerate(args) if i not in self.static_argnums)
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(dynamic))
+        if store is None or not self.storable or None in tokens or traced:  # (under vmap or grad: plain jit)
+            return self.jitted(*args, **kwargs)
         key = "|".join([self.name, *tokens, _aval_token(dynamic), str(bool(jax.config.jax_enable_x64)),
                         jax.default_backend(), jax.__version__, _jaxlib_version(), _source_fingerprint()])
         program = self._programs.get(key)

@@ -169,3 +169,17 @@ def test_static_keyword_arguments_key_the_program(store, monkeypatch):
     assert float(again(x, y, power=3, label="a")) == 10.0
     with pytest.raises(TypeError, match="static"):  # a keyword not declared static is traced (plain jit)
         programs.stored_jit(_scaled_sum, static_argnames=("power",))(x, y, power=2, label="a")
+
+
+def test_calls_under_a_transformation_use_the_plain_program(store):
+    # A stored program cannot be vmapped or differentiated; inside vmap (as when a batch of inits
+    # is drawn at once) the call is traced into the enclosing program, even once it is stored.
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    singles = [models.init_linear(key, 3, (3, 3), init="gaussian", init_scale=0.1) for key in keys]
+    stored = set(store.glob("*"))
+    assert len(stored) == 1
+    batched = jax.vmap(lambda key: models.init_linear(key, 3, (3, 3), init="gaussian", init_scale=0.1))(keys)
+    assert set(store.glob("*")) == stored
+    for index, single in enumerate(singles):
+        for a, b in zip(_leaves(single), _leaves(batched)):
+            np.testing.assert_allclose(b[index], a, rtol=1e-15)
