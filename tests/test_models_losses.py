@@ -402,3 +402,17 @@ def test_compiled_initialization_equals_the_eager_formulas_bit_for_bit():
     eager = [eps * frames[l + 1] @ frames[l].T for l in range(2)]
     for got, want in zip(models.init_linear(key, dims[0], dims[1:], init="balanced", init_scale=eps), eager):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("shape", [((3, 4), (4, 5)), ((7, 7), (7, 7)), ((12, 12), (12, 12)), ((20, 30), (30, 10))])
+def test_matmul_equals_the_dot_and_fuses_only_small_products(shape):
+    from simulations import matmul
+
+    a = jax.random.normal(jax.random.PRNGKey(0), shape[0])
+    b = jax.random.normal(jax.random.PRNGKey(1), shape[1])
+    np.testing.assert_allclose(np.asarray(matmul.matmul(a, b)), np.asarray(a @ b), rtol=1e-13, atol=1e-13)
+    small = shape[0][0] * shape[0][1] * shape[1][1] <= matmul.FUSED_MAX_SIZE
+    assert ("dot_general" in str(jax.make_jaxpr(matmul.matmul)(a, b))) != small
+    w = a[:, : min(shape[0])]
+    m = jnp.eye(w.shape[1]) + 0.1
+    np.testing.assert_allclose(np.asarray(matmul.sandwich(w, m)), np.asarray(w @ m @ w.T), rtol=1e-13, atol=1e-13)
