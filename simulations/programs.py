@@ -95,7 +95,7 @@ class StoredJit:
         self.jitted = jax.jit(fun, static_argnums=self.static_argnums, static_argnames=self.static_argnames)
         self.name = f"{fun.__module__}.{fun.__qualname__}"
         self.storable = _static_token(fun) is not None  # its source is part of the fingerprint
-        self._programs: dict[str, Callable] = {}
+        self._programs: dict[tuple[str, str], Callable] = {}
         functools.update_wrapper(self, fun)
 
     def __call__(self, *args, **kwargs):
@@ -112,11 +112,12 @@ class StoredJit:
             return self.jitted(*args, **kwargs)
         key = "|".join([self.name, *tokens, _aval_token(dynamic), str(bool(jax.config.jax_enable_x64)),
                         jax.default_backend(), jax.__version__, _jaxlib_version(), _source_fingerprint()])
-        program = self._programs.get(key)
+        memo = (str(store), key)  # a program loaded here is also saved to a store named later
+        program = self._programs.get(memo)
         if program is None:
             with _lock:
-                program = self._programs.get(key) or self._load_or_export(store, key, static, named, dynamic)
-                self._programs[key] = program
+                program = self._programs.get(memo) or self._load_or_export(store, key, static, named, dynamic)
+                self._programs[memo] = program
         return program(*dynamic)
 
     def _merged(self, static, dynamic) -> list:
