@@ -6,12 +6,13 @@ population loss of 7 x 7 weights evaluates a handful of such products per gradie
 times per solve, so those calls dominated its cost. :func:`matmul` writes a product small enough
 as a broadcast multiply and a sum, which XLA fuses, and leaves larger ones to the dot.
 
-Measured on 2 CPU cores (``python -m bench``'s machine, float64, inside a jitted loop): one
-product of two 8 x 8 matrices 1.1 us as a dot, 0.2 us fused; 12 x 12 0.65 against 0.36 us;
-16 x 16 0.8 against 2.6 us, hence the threshold. The gradient of the spectral population loss
-of a depth-2, 7-feature net: 8.5 us with dots, 1.6 us fused; its Hessian-vector product 19 against
-2.8 us; one whole flow solve of that net (1,518 steps) 0.19 s against 0.04 s, while compiling it
-takes about 0.4 s longer. Results agree to rounding (the sum runs in another order than the dot's).
+Measured by ``python -m bench.matmul`` (2 cores of an AMD EPYC, float64, inside jitted loops;
+``bench/results/20261207T122900Z_cpu_matmul.json``): one product of two 8 x 8 matrices 0.69 us as
+a dot, 0.17 us fused; 12 x 12 1.02 against 0.42 us; 16 x 16 1.32 against 3.94 us, hence the
+threshold. The gradient of the spectral population loss of a depth-2, 7-feature net: 11.1 us with
+dots, 1.8 us fused; its Hessian-vector product 14.5 against 2.6 us; one whole flow of that net
+(1,518 steps) 0.20 s against 0.043 s to solve, 3.7 against 3.3 s to compile. Results agree to
+rounding (the sum runs in another order than the dot's).
 """
 
 from __future__ import annotations

@@ -175,3 +175,22 @@ def test_figure_timer_rejects_unknown_parts():
     completed = subprocess.run([sys.executable, "-m", "bench.figures", "--skip", "figures,nothing"], cwd=ROOT,
                                capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 2 and "--skip" in completed.stderr
+
+
+def test_fused_product_benchmark_switches_between_dots_and_fused_products():
+    # bench.matmul times the same loss traced with dots and fused: the fused trace has no dot left,
+    # and both flows take the same steps (the products agree to rounding).
+    from bench import matmul as bench_matmul
+
+    seen = []
+
+    def lowered(limit):
+        params, args = bench_matmul._problem()
+        return bench_matmul._with_threshold(
+            limit, lambda: str(jax.make_jaxpr(jax.grad(population_loss))(params, args)))
+
+    for limit in (0, 10**9):
+        seen.append("dot_general" in lowered(limit))
+    assert seen == [True, False]
+    solve = bench_matmul.solve_costs()
+    assert solve["dot"]["steps"] == solve["fused"]["steps"] > 0
