@@ -236,14 +236,16 @@ def _over_points(program, static: tuple, batched: tuple, shared: tuple = ()):
     Worker threads (one per core, :func:`simulations.runtime.worker_threads`) each take the next
     unsolved point until none is left; XLA runs their calls at the same time and releases the GIL
     meanwhile. The compiled program is the single-point one, whatever the batch size. Points stay
-    on the device their arrays were placed on (the sweep's placement), else the default one.
+    on the device their arrays were placed on (the sweep's placement), else go to the default one:
+    always placed, never host arrays, since JAX compiles a program separately for placed and for
+    host arguments (a restart, whose inputs are the host outputs of this function, would compile
+    the solver a second time).
     """
     leaf = jax.tree_util.tree_leaves(batched)[0]
-    device = next(iter(leaf.sharding.device_set)) if getattr(leaf, "committed", False) else None
+    device = next(iter(leaf.sharding.device_set)) if getattr(leaf, "committed", False) else _default_device()
     host = jax.tree_util.tree_map(np.asarray, batched)
     count = np.shape(jax.tree_util.tree_leaves(host)[0])[0]
-    if device is not None:
-        shared = jax.device_put(shared, device)
+    shared = jax.device_put(shared, device)
     x64 = bool(jax.config.jax_enable_x64)  # a thread-local setting: carried into the workers
     pending = iter(range(count))
     lock = threading.Lock()
@@ -256,9 +258,7 @@ def _over_points(program, static: tuple, batched: tuple, shared: tuple = ()):
                     index = next(pending, None)
                 if index is None:
                     return
-                point = jax.tree_util.tree_map(lambda leaf, index=index: leaf[index], host)
-                if device is not None:
-                    point = jax.device_put(point, device)
+                point = jax.device_put(jax.tree_util.tree_map(lambda leaf, index=index: leaf[index], host), device)
                 out = program(*static, *point, *shared)
                 outputs[index] = jax.tree_util.tree_map(np.asarray, out)
 
@@ -270,6 +270,14 @@ def _over_points(program, static: tuple, batched: tuple, shared: tuple = ()):
             for future in [pool.submit(work) for _ in range(workers)]:
                 future.result()
     return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *outputs)
+
+
+def _default_device():
+    """The device JAX places uncommitted arrays on (``jax_default_device``, else the first one)."""
+    default = jax.config.jax_default_device
+    if isinstance(default, str):  # a platform name
+        return jax.devices(default)[0]
+    return default if default is not None else jax.devices()[0]
 
 
 def _segment_points(loss_fn, options, params0, user_args, t_start, t_arm, times):

@@ -183,3 +183,23 @@ def test_calls_under_a_transformation_use_the_plain_program(store):
     for index, single in enumerate(singles):
         for a, b in zip(_leaves(single), _leaves(batched)):
             np.testing.assert_allclose(b[index], a, rtol=1e-15)
+
+
+def test_a_restarted_batch_compiles_its_stored_programs_once(store, caplog):
+    # A restart's inputs are the previous segment's (host) outputs; JAX compiles a stored program
+    # separately for placed and for host arguments, so the points must be placed the same way.
+    import logging
+    import re
+
+    params0 = models.init_balanced(jax.random.PRNGKey(0), 4, (4, 4), 0.1)
+    params0, args = jax.tree_util.tree_map(
+        lambda leaf: jnp.stack([leaf]),
+        (params0, (jnp.diag(jnp.array([0.9, 0.5, 0.8, 0.3])), jnp.diag(jnp.array([1.0, 0.6, 2.0, 0.9])),
+                   jnp.zeros(()))))
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        result = flow.gradient_flow(population_loss, params0, args, options=flow.FlowOptions(batching="points"),
+                                    batched=True)
+    assert int(result.restarts[0]) >= 1  # the solver ran again after a certification
+    compiled = [record.getMessage() for record in caplog.records
+                if re.search(r"Finished XLA compilation of jit\(call\)", record.getMessage())]
+    assert len(compiled) == 2, compiled  # the segment and the certification, once each
