@@ -9,11 +9,14 @@ it instead of tracing (a few milliseconds); the compilation cache then supplies 
 
 A stored program is used only when everything it was built from matches: the source of every
 module of the ``simulations`` and ``theory`` packages (one fingerprint), the versions of JAX and
-jaxlib, the backend, the float64 setting, the static arguments and the shapes and dtypes of the
-others. Static arguments must be plain values (numbers, strings, tuples, frozen dataclasses of
-them) or functions defined at module level in those two packages; a program with any other static
-argument (a lambda, a function of a script) is traced as usual, every time. Results are those of
-the plain jitted function, bit for bit.
+jaxlib, the backend, the float64 setting, equinox's check mode (``EQX_ON_ERROR``), the static
+arguments and the shapes and dtypes of the others. Static arguments must be plain values (numbers,
+strings, tuples, frozen dataclasses of them) or functions defined at module level in those two
+packages; a program with any other static argument (a lambda, a function of a script) is traced
+as usual, every time, and so is a program JAX cannot export, such as a flow recording a
+trajectory while equinox raises its errors from a host callback (entry points switch that off:
+:func:`simulations.runtime.configure_entry_point`). Results are those of the plain jitted
+function, bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import functools
 import hashlib
 import inspect
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -111,7 +115,8 @@ class StoredJit:
         if store is None or not self.storable or None in tokens or traced:  # (under vmap or grad: plain jit)
             return self.jitted(*args, **kwargs)
         key = "|".join([self.name, *tokens, _aval_token(dynamic), str(bool(jax.config.jax_enable_x64)),
-                        jax.default_backend(), jax.__version__, _jaxlib_version(), _source_fingerprint()])
+                        jax.default_backend(), jax.__version__, _jaxlib_version(), _equinox_errors(),
+                        _source_fingerprint()])
         memo = (str(store), key)  # a program loaded here is also saved to a store named later
         program = self._programs.get(memo)
         if program is None:
@@ -200,6 +205,12 @@ def stored_jit(fun: Callable | None = None, *, static_argnums: tuple[int, ...] |
     if fun is None:
         return functools.partial(stored_jit, static_argnums=static_argnums, static_argnames=static_argnames)
     return StoredJit(fun, static_argnums, static_argnames)
+
+
+def _equinox_errors() -> str:
+    """Equinox's run-time check mode (diffrax's checks are compiled into the programs)."""
+    config = sys.modules.get("equinox._config")
+    return str(getattr(config, "EQX_ON_ERROR", None) or os.environ.get("EQX_ON_ERROR", "raise"))
 
 
 @functools.cache

@@ -9,6 +9,9 @@ import jax
 
 #: Environment variable overriding where compiled programs are cached across processes.
 CACHE_ENV = "PROJECTION_HEAD_JAX_CACHE"
+#: Equinox's run-time check mode (read once, when equinox is first imported) and the value entry
+#: points default it to.
+EQUINOX_ERRORS_ENV, ENTRY_POINT_EQUINOX_ERRORS = "EQX_ON_ERROR", "nan"
 
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
@@ -43,7 +46,18 @@ def worker_threads() -> int:
 
 
 def configure_entry_point(*, precision: str = "float64", cache: bool = True) -> None:
-    """What every entry point does first: precision (float64 by default) and the compile cache."""
+    """What every entry point does first: precision (float64 by default), the compile cache, and
+    equinox's run-time checks as NaNs rather than host callbacks (unless ``EQX_ON_ERROR`` is set).
+
+    diffrax checks a recording grid (``gradient_flow(..., times=...)``) with an equinox check,
+    which by default raises from a host callback; a program holding a host callback can neither
+    be stored (:mod:`simulations.programs`) nor kept in the compilation cache, so every process
+    compiled such flows again (the trajectories figure: 17 s warm, 3 s with this setting). The
+    flow validates the grid on the host first, so the check cannot fire; with ``nan`` it would
+    turn the outputs into NaNs, which the flow reports as an error. Library code leaves the
+    setting alone: only entry points, which own their process, change it.
+    """
+    os.environ.setdefault(EQUINOX_ERRORS_ENV, ENTRY_POINT_EQUINOX_ERRORS)
     jax.config.update("jax_enable_x64", precision == "float64")
     if cache and os.environ.get(CACHE_ENV) != "off":
         enable_compilation_cache()

@@ -1,5 +1,7 @@
 """Stored programs (simulations.programs): same numbers as jax.jit, loaded instead of traced, safe keys."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,3 +205,40 @@ def test_a_restarted_batch_compiles_its_stored_programs_once(store, caplog):
     compiled = [record.getMessage() for record in caplog.records
                 if re.search(r"Finished XLA compilation of jit\(call\)", record.getMessage())]
     assert len(compiled) == 2, compiled  # the segment and the certification, once each
+
+
+def test_entry_points_store_flows_that_record_a_trajectory(tmp_path):
+    # diffrax checks a recording grid with equinox; raised from a host callback, that check made
+    # the flow unexportable (and uncacheable). Entry points turn equinox's checks into NaNs.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from simulations.runtime import configure_entry_point\n"
+        "configure_entry_point()\n"
+        "import jax, jax.numpy as jnp\n"
+        "from simulations import models\n"
+        "from simulations.flow import gradient_flow\n"
+        "from simulations.experiments.weighting import population_loss\n"
+        "params = models.init_linear(jax.random.PRNGKey(0), 2, (2, 2), init_scale=0.3)\n"
+        "args = (jnp.diag(jnp.array([0.9, 0.4])), jnp.diag(jnp.array([1.0, 2.0])), jnp.zeros(()))\n"
+        "result = gradient_flow(population_loss, params, args, times=jnp.geomspace(0.1, 100.0, 5))\n"
+        "assert bool(result.converged) and bool(jnp.all(jnp.isfinite(result.trajectory[0])))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "EQX_ON_ERROR"}
+    env["PROJECTION_HEAD_JAX_CACHE"] = str(tmp_path)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    assert list((tmp_path / "exported").glob("*.jaxexport"))
+    assert not list((tmp_path / "exported").glob("*.unexportable"))
+
+
+def test_entry_points_keep_an_equinox_mode_the_user_set(monkeypatch):
+    from simulations import runtime
+
+    monkeypatch.delenv("EQX_ON_ERROR", raising=False)
+    runtime.configure_entry_point(cache=False)
+    assert os.environ["EQX_ON_ERROR"] == "nan"
+    monkeypatch.setenv("EQX_ON_ERROR", "raise")
+    runtime.configure_entry_point(cache=False)
+    assert os.environ["EQX_ON_ERROR"] == "raise"
