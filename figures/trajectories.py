@@ -1,8 +1,8 @@
 """Learning dynamics: per-feature weights over time, plateaus included, against the closed form.
 
 Run:  python -m figures.trajectories [--quick] [--out DIR] [--redraw]
-Expected runtime: ~18 s on 2 CPU cores, cold compilation cache (one compilation per depth);
---quick (depth 2 only) ~7 s.
+Expected runtime: ~20-25 s on 2 CPU cores with an empty compilation cache (one compilation per
+depth), ~3 s warm; --quick (depth 2 only) ~10 s.
 
 From aligned, balanced initialization (every layer W_l = eps I) each feature's per-layer singular
 value obeys d sigma/dt = 4 sigma^(2L-1) (a - b^2 sigma^(2L)), so feature i sits on a plateau until

@@ -1,7 +1,7 @@
 """Progressive weighting: every layer's per-feature weight, trained deep linear nets vs theory.
 
 Run:  python -m figures.weighting_layers [--quick] [--out DIR] [--redraw]
-Expected runtime: ~15 s on 2 CPU cores, cold compilation cache (two compilations, depth 2 and 4);
+Expected runtime: ~18 s on 2 CPU cores, cold compilation cache (two compilations, depth 2 and 4);
 --quick ~13 s.
 
 Balanced gradient flow on the population spectral loss ends at P_l^T P_l = G^(l/L), so feature i

@@ -53,9 +53,9 @@ def configure_entry_point(*, precision: str = "float64", cache: bool = True) -> 
     which by default raises from a host callback; a program holding a host callback can neither
     be stored (:mod:`simulations.programs`) nor kept in the compilation cache, so every process
     compiled such flows again (the trajectories figure: 17 s warm, 3 s with this setting). The
-    flow validates the grid on the host first, so the check cannot fire; with ``nan`` it would
-    turn the outputs into NaNs, which the flow reports as an error. Library code leaves the
-    setting alone: only entry points, which own their process, change it.
+    flow validates the grid on the host first, so the check cannot fire (with ``nan`` a failed
+    check would return NaNs instead of raising). Library code leaves the setting alone: only
+    entry points, which own their process, change it.
     """
     os.environ.setdefault(EQUINOX_ERRORS_ENV, ENTRY_POINT_EQUINOX_ERRORS)
     jax.config.update("jax_enable_x64", precision == "float64")

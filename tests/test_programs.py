@@ -1,6 +1,8 @@
 """Stored programs (simulations.programs): same numbers as jax.jit, loaded instead of traced, safe keys."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -125,22 +127,35 @@ def test_named_tuple_parameters_are_stored_and_loaded(store, monkeypatch):
         np.testing.assert_array_equal(b, c)
 
 
-def test_programs_jax_cannot_export_run_as_plain_jit_and_are_marked(store, monkeypatch):
-    # Recording a trajectory makes diffrax check the grid with a host callback, which JAX cannot export.
-    params, args, t_start, t_arm = _flow_inputs()
-    times = jnp.linspace(0.0, 5.0, 4)
-    before = set(store.glob("*"))
-    plain = jax.jit(flow._segment, static_argnums=(0, 1))(
-        population_loss, flow.FlowOptions(), params, args, t_start, t_arm, times)
-    run = programs.stored_jit(flow._segment, static_argnums=(0, 1))
-    out = run(population_loss, flow.FlowOptions(), params, args, t_start, t_arm, times)
-    for a, b in zip(_leaves(plain), _leaves(out)):
-        np.testing.assert_array_equal(a, b)
-    assert _new_files(store, before) == set() and len(_new_files(store, before, "*.unexportable")) == 1
-    # A later process does not try again.
-    monkeypatch.setattr(export, "export", lambda *a, **k: pytest.fail("export attempted again"))
-    programs.stored_jit(flow._segment, static_argnums=(0, 1))(
-        population_loss, flow.FlowOptions(), params, args, t_start, t_arm, times)
+def test_programs_jax_cannot_export_run_as_plain_jit_and_are_marked(tmp_path):
+    # Recording a trajectory makes diffrax check the grid with a host callback when equinox raises
+    # its errors (its default; equinox reads the mode once, so this runs in a fresh process).
+    code = (
+        "import jax, jax.numpy as jnp, numpy as np\n"
+        "from jax import export\n"
+        "from simulations import flow, models, programs\n"
+        "from simulations.experiments.weighting import population_loss\n"
+        "from simulations.runtime import enable_compilation_cache\n"
+        "jax.config.update('jax_enable_x64', True)\n"
+        "store = enable_compilation_cache() / 'exported'\n"
+        "params = models.init_linear(jax.random.PRNGKey(0), 3, (3, 3), init='gaussian', init_scale=0.3)\n"
+        "args = (jnp.diag(jnp.linspace(0.2, 0.9, 3)), jnp.diag(jnp.linspace(0.5, 2.0, 3)), jnp.zeros(()))\n"
+        "point = (params, args, jnp.zeros(()), jnp.zeros(()), jnp.linspace(0.0, 5.0, 4))\n"
+        "before = set(store.glob('*'))\n"
+        "plain = jax.jit(flow._segment, static_argnums=(0, 1))(population_loss, flow.FlowOptions(), *point)\n"
+        "out = programs.stored_jit(flow._segment, static_argnums=(0, 1))(population_loss, flow.FlowOptions(), *point)\n"
+        "for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(out)):\n"
+        "    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))\n"
+        "new = set(store.glob('*')) - before\n"
+        "assert [path.suffix for path in new] == ['.unexportable'], new\n"
+        "def no_export(*a, **k):\n"
+        "    raise AssertionError('export attempted again')\n"
+        "export.export = no_export\n"
+        "programs.stored_jit(flow._segment, static_argnums=(0, 1))(population_loss, flow.FlowOptions(), *point)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "EQX_ON_ERROR"}
+    env["PROJECTION_HEAD_JAX_CACHE"] = str(tmp_path)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
 
 
 def test_functions_outside_the_packages_are_never_stored(store):
@@ -210,10 +225,6 @@ def test_a_restarted_batch_compiles_its_stored_programs_once(store, caplog):
 def test_entry_points_store_flows_that_record_a_trajectory(tmp_path):
     # diffrax checks a recording grid with equinox; raised from a host callback, that check made
     # the flow unexportable (and uncacheable). Entry points turn equinox's checks into NaNs.
-    import os
-    import subprocess
-    import sys
-
     code = (
         "from simulations.runtime import configure_entry_point\n"
         "configure_entry_point()\n"
