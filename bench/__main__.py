@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import CONTRACT_KEYS, bench_pixels, machine, summary_lines
+from bench.report import CONTRACT_KEYS, bench_pixels, machine, save_report, summary_lines
 from simulations.cli import OneLineArgumentParser, fail
 from simulations.runtime import configure_entry_point
 
@@ -380,11 +380,7 @@ def main(argv=None) -> int:
     report["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     text = json.dumps(report, default=_jsonable)
     if not args.no_save:
-        device = report["machine"]["device_platform"]
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = Path(args.out) / f"{stamp}_{device}_{'quick' if args.quick else 'full'}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, default=_jsonable, indent=2) + "\n")
+        path = save_report(report, args.out, "quick" if args.quick else "full", default=_jsonable)
         log(f"saved {path}")
     for line in summary_lines(report):
         log(line)

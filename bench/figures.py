@@ -24,7 +24,6 @@ saves it with the machine under bench/results/.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -34,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.report import machine
+from bench.report import machine, save_report
 from figures.__main__ import THEORY, figure_names
 from simulations.cli import OneLineArgumentParser
 from simulations.runtime import CACHE_ENV
@@ -166,11 +165,7 @@ def main(argv=None) -> int:
     report["total_s"] = round(time.perf_counter() - started, 1)
     report["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if not args.no_save:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = Path(args.out) / f"{stamp}_{report['machine']['device_platform']}_figures.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        log(f"saved {path}")
+        log(f"saved {save_report(report, args.out, 'figures')}")
     for line in summary_lines(report):
         log(line)
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))

@@ -19,7 +19,6 @@ bench/results/ (``--out DIR``, ``--no-save``).
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bench.report import machine
+from bench.report import machine, save_report
 from simulations.cli import OneLineArgumentParser
 from simulations.runtime import configure_entry_point
 
@@ -146,11 +145,7 @@ def main(argv=None) -> int:
         print(f"[bench.matmul] {name} ...", file=sys.stderr, flush=True)
         report[name] = measure()
     if not args.no_save:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = Path(args.out) / f"{stamp}_{report['machine']['device_platform']}_matmul.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"[bench.matmul] saved {path}", file=sys.stderr)
+        print(f"[bench.matmul] saved {save_report(report, args.out, 'matmul')}", file=sys.stderr)
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
     return 0
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import platform
 import time
+from pathlib import Path
 
 #: The parts whose "ratio" is the benchmark's stable ``python -m bench --json`` keys.
 CONTRACT_KEYS = ("vs_numpy_loop", "sweep_vs_python_loop", "adaptive_vs_fixed_time")
@@ -36,6 +39,15 @@ def machine() -> dict:
         "device_count": len(devices),
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def save_report(report: dict, directory: str | os.PathLike, kind: str, default=None) -> Path:
+    """Write ``report`` as ``<UTC stamp>_<device platform>_<kind>.json`` under ``directory``."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = Path(directory) / f"{stamp}_{report['machine']['device_platform']}_{kind}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, default=default, indent=2) + "\n")
+    return path
 
 
 def bench_pixels() -> dict:

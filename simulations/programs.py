@@ -34,6 +34,8 @@ from typing import Any
 
 import jax
 
+from simulations.runtime import EQUINOX_ERRORS_ENV
+
 #: Packages whose module-level functions may be static arguments of a stored program; their
 #: source is part of every stored program's key.
 PACKAGES = ("simulations", "theory")
@@ -209,8 +211,8 @@ def stored_jit(fun: Callable | None = None, *, static_argnums: tuple[int, ...] |
 
 def _equinox_errors() -> str:
     """Equinox's run-time check mode (diffrax's checks are compiled into the programs)."""
-    config = sys.modules.get("equinox._config")
-    return str(getattr(config, "EQX_ON_ERROR", None) or os.environ.get("EQX_ON_ERROR", "raise"))
+    config = sys.modules.get("equinox._config")  # the mode equinox read at import, if imported
+    return str(getattr(config, EQUINOX_ERRORS_ENV, None) or os.environ.get(EQUINOX_ERRORS_ENV, "raise"))
 
 
 @functools.cache

@@ -127,6 +127,14 @@ def test_named_tuple_parameters_are_stored_and_loaded(store, monkeypatch):
         np.testing.assert_array_equal(b, c)
 
 
+def _run_in_a_fresh_process(code: str, cache) -> None:
+    """Run ``code`` in a new Python with its compilation cache at ``cache`` and equinox's check
+    mode left at its default (equinox reads it once per process)."""
+    env = {key: value for key, value in os.environ.items() if key != "EQX_ON_ERROR"}
+    env["PROJECTION_HEAD_JAX_CACHE"] = str(cache)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+
+
 def test_programs_jax_cannot_export_run_as_plain_jit_and_are_marked(tmp_path):
     # Recording a trajectory makes diffrax check the grid with a host callback when equinox raises
     # its errors (its default; equinox reads the mode once, so this runs in a fresh process).
@@ -153,9 +161,7 @@ def test_programs_jax_cannot_export_run_as_plain_jit_and_are_marked(tmp_path):
         "export.export = no_export\n"
         "programs.stored_jit(flow._segment, static_argnums=(0, 1))(population_loss, flow.FlowOptions(), *point)\n"
     )
-    env = {key: value for key, value in os.environ.items() if key != "EQX_ON_ERROR"}
-    env["PROJECTION_HEAD_JAX_CACHE"] = str(tmp_path)
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    _run_in_a_fresh_process(code, tmp_path)
 
 
 def test_functions_outside_the_packages_are_never_stored(store):
@@ -237,9 +243,7 @@ def test_entry_points_store_flows_that_record_a_trajectory(tmp_path):
         "result = gradient_flow(population_loss, params, args, times=jnp.geomspace(0.1, 100.0, 5))\n"
         "assert bool(result.converged) and bool(jnp.all(jnp.isfinite(result.trajectory[0])))\n"
     )
-    env = {key: value for key, value in os.environ.items() if key != "EQX_ON_ERROR"}
-    env["PROJECTION_HEAD_JAX_CACHE"] = str(tmp_path)
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    _run_in_a_fresh_process(code, tmp_path)
     assert list((tmp_path / "exported").glob("*.jaxexport"))
     assert not list((tmp_path / "exported").glob("*.unexportable"))
 
