@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import re
 import sys
@@ -44,13 +45,20 @@ def fail(prog: str, error: BaseException, code: int = 2) -> int:
 
 def field_type(config_class: type, field: str) -> tuple[Any, bool]:
     """(type, optional) of a config field: ``int | None`` -> (int, True)."""
-    kind = typing.get_type_hints(config_class)[field]
+    kind = _type_hints(config_class)[field]
     optional = False
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         members = [member for member in typing.get_args(kind) if member is not type(None)]
         optional = len(members) < len(typing.get_args(kind))
         kind = members[0] if len(members) == 1 else str
     return kind, optional
+
+
+@functools.cache
+def _type_hints(config_class: type) -> dict[str, Any]:
+    """The resolved annotations of a config class (resolving them costs about a millisecond a call,
+    and building every command line asks for each field's)."""
+    return typing.get_type_hints(config_class)
 
 
 def is_vector(config_class: type, field: str) -> bool:

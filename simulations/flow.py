@@ -352,23 +352,26 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
     options = options or FlowOptions()
     if times is not None:
         times = jnp.asarray(times)
-        if times.ndim != 1 or not bool(jnp.all(jnp.isfinite(times))) or bool(jnp.any(jnp.diff(times) < 0)) \
-                or bool(jnp.any(times < 0)):
+        grid = np.asarray(times)
+        if grid.ndim != 1 or not np.all(np.isfinite(grid)) or np.any(np.diff(grid) < 0) or np.any(grid < 0):
             raise ValueError("times must be a finite, non-negative, non-decreasing 1-D grid")
     leaves = jax.tree_util.tree_leaves(params0)
     batch = leaves[0].shape[0] if batched else None
     dtype = leaves[0].dtype
-    zeros = jnp.zeros((batch,) if batched else (), dtype)
     by_points = batched and _points_mode(options)
     run = (_segment_points if by_points else _segment_batched) if batched else _segment_jit
     hessian = (_hessian_points if by_points else _hessian_batched) if batched else _hessian_jit
 
-    t_start, t_arm = zeros, zeros
-    params, steps, restarts = params0, jnp.zeros_like(zeros, dtype=jnp.int32), jnp.zeros_like(zeros, dtype=jnp.int32)
-    trajectory, min_curvature = None, jnp.full_like(zeros, jnp.nan)
+    # The bookkeeping between segments (a handful of scalars per point) runs in NumPy: as JAX
+    # operations each would be a small program of its own, lowered and looked up in the
+    # compilation cache in every process (about 20 ms apiece for a command's few dozen).
+    zeros = np.zeros((batch,) if batched else (), dtype)
+    t_start = t_arm = jnp.asarray(zeros)
+    params, steps, restarts = params0, np.zeros(zeros.shape, np.int32), np.zeros(zeros.shape, np.int32)
+    trajectory, min_curvature = None, np.full_like(zeros, np.nan)
     n_params = sum(int(np.prod(leaf.shape[1:] if batched else leaf.shape)) for leaf in leaves)
-    saddle = jnp.zeros_like(zeros, dtype=bool)
-    escape_direction, first_event, last_loss = None, None, jnp.full_like(zeros, jnp.inf)
+    saddle = np.zeros(zeros.shape, bool)
+    escape_direction, first_event, last_loss = None, None, np.full_like(zeros, np.inf)
     for _ in range(options.max_restarts + 1):  # Python loop over saddles, not steps
         out = run(loss_fn, options, params, args, t_start, t_arm, times)
         _check_finite(out, steps, batched)
@@ -378,35 +381,38 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
                 lambda old, new, t_start=t_start: jnp.where(
                     _expand(times[None] if batched else times, old, t_start, batched), old, new),
                 trajectory, out["trajectory"])
+        loss, t_final = np.asarray(out["loss"]), np.asarray(out["t_final"])
         # Motion along the last escape direction, or any loss decrease: a slowly growing plateau
         # feature may escape along its own (not the most negative) direction.
         moved = (_escape_motion(params, out["params"], escape_direction, batched) > options.stuck_tol) | (
-            last_loss - out["loss"] > options.loss_tol * jnp.maximum(jnp.abs(out["loss"]), 1.0))
-        last_loss = out["loss"]
+            last_loss - loss > options.loss_tol * np.maximum(np.abs(loss), 1.0))
+        last_loss = loss
         previously_saddle = saddle
-        params, steps = out["params"], steps + out["steps"]
-        converged = out["event"] & ~out["failed"]
+        params, steps = out["params"], steps + np.asarray(out["steps"])
+        converged = np.asarray(out["event"]) & ~np.asarray(out["failed"])
         if not (options.certify and n_params <= options.certify_max_params):
             break
-        first_event = out["t_final"] if first_event is None else first_event
-        lam_min, lam_max, escape_direction, curvature_noise = hessian(loss_fn, params, args)
+        first_event = t_final if first_event is None else first_event
+        lam_min, lam_max, escape_direction, curvature_noise = (
+            np.asarray(value) for value in hessian(loss_fn, params, args))
         min_curvature = lam_min
-        saddle = converged & (lam_min < -options.saddle_tol * jnp.maximum(jnp.abs(lam_max), 1e-300))
+        saddle = converged & (lam_min < -options.saddle_tol * np.maximum(np.abs(lam_max), 1e-300))
         # A saddle whose escape direction a full escape wait did not move along is held by an exactly
         # invariant manifold (e.g. feature-aligned init): the flow is stationary there; report it.
-        stuck = (previously_saddle & ~moved) | (out["t_final"] > options.restart_horizon * first_event)
+        stuck = (previously_saddle & ~moved) | (t_final > options.restart_horizon * first_event)
         escaping = saddle & ~stuck
-        if not bool(jnp.any(escaping)):
+        if not escaping.any():
             # Stuck points are stationary; call them saddles only if the negative curvature is
             # beyond what the distance to a flat manifold of minima explains.
             saddle = saddle & (lam_min < -10.0 * curvature_noise)
             break
-        restarts = restarts + escaping.astype(jnp.int32)
+        restarts = restarts + escaping.astype(np.int32)
         t_start = out["t_final"]
         # Wait out the escape (~1/|lambda_min| on a degenerate plateau), but at most the time elapsed
         # so far: plateaus of saddle-to-saddle dynamics scale with it, so at worst time doubles.
-        wait = jnp.minimum(options.escape_factor / jnp.abs(lam_min), t_start)
-        t_arm = jnp.where(escaping, t_start + wait, t_start)
+        with np.errstate(divide="ignore"):  # lam_min = 0 only where not escaping, as in JAX: no warning
+            wait = np.minimum(options.escape_factor / np.abs(lam_min), t_final)
+        t_arm = jnp.asarray(np.where(escaping, t_final + wait, t_final))
     else:
         converged = converged & ~saddle
     return FlowResult(params=params, times=times, trajectory=trajectory, converged=converged,
@@ -439,15 +445,23 @@ def _failure_point(out, steps_before, index, batched):
 
 def _escape_motion(old, new, direction, batched, relative_norm=False):
     """Per-point |<new - old, direction>| / |old|: motion along the last saddle's escape direction
-    (or |new| / |old| with ``relative_norm``)."""
-    flatten = jax.vmap(lambda tree: ravel_pytree(tree)[0]) if batched else (lambda tree: ravel_pytree(tree)[0])
-    before, after = flatten(old), flatten(new)
-    if relative_norm:
-        return jnp.linalg.norm(after, axis=-1) / jnp.maximum(jnp.linalg.norm(before, axis=-1), 1e-300)
-    if direction is None:
-        return jnp.inf
-    along = jnp.abs(jnp.sum((after - before) * direction, axis=-1))
-    return along / jnp.maximum(jnp.linalg.norm(before, axis=-1), 1e-300)
+    (or |new| / |old| with ``relative_norm``), in NumPy; like JAX, 0/0 is a quiet nan."""
+    before, after = _flat(old, batched), _flat(new, batched)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if relative_norm:
+            return np.linalg.norm(after, axis=-1) / np.maximum(np.linalg.norm(before, axis=-1), 1e-300)
+        if direction is None:
+            return np.inf
+        along = np.abs(np.sum((after - before) * np.asarray(direction), axis=-1))
+        return along / np.maximum(np.linalg.norm(before, axis=-1), 1e-300)
+
+
+def _flat(tree, batched):
+    """Every leaf raveled and concatenated (per point when ``batched``): ravel_pytree's order, on the host."""
+    leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+    if batched:
+        return np.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in leaves], axis=-1)
+    return np.concatenate([leaf.ravel() for leaf in leaves])
 
 
 def _expand(times, leaf, t_start, batched):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib
 import inspect
 import os
 import sys
@@ -140,7 +141,7 @@ class StoredJit:
         plain jitted function if JAX cannot export it (a host callback)."""
         from jax import export
 
-        _register_named_tuples(dynamic)
+        _register(_named_tuple_types(dynamic))
         path = store / (hashlib.sha256(key.encode()).hexdigest() + ".jaxexport")
         plain = lambda *args: self.jitted(*self._merged(static, args), **named)  # noqa: E731
         if path.with_suffix(".unexportable").exists():
@@ -148,6 +149,7 @@ class StoredJit:
         exported = None
         if path.exists():
             try:
+                _register(_load_types(path.with_suffix(".types")))
                 exported = export.deserialize(bytearray(path.read_bytes()))
             except Exception:  # a truncated or foreign file: export again and replace it
                 exported = None
@@ -159,41 +161,84 @@ class StoredJit:
                 store.mkdir(parents=True, exist_ok=True)
                 path.with_suffix(".unexportable").touch()
                 return plain
+            outputs = _named_tuple_types(
+                jax.tree_util.tree_unflatten(exported.out_tree, [None] * exported.out_tree.num_leaves))
+            _register(outputs)
             try:
                 blob = exported.serialize()
             except ValueError:  # an output node type JAX cannot serialize: use it here, export it again later
                 return jax.jit(exported.call)
             store.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            partial.write_bytes(blob)
-            os.replace(partial, path)
+            # The output NamedTuple types are named beside the program: a later process registers
+            # them before it can load it (the input types it registers from the arguments).
+            if outputs:
+                names = sorted(f"{kind.__module__}:{kind.__qualname__}" for kind in outputs)
+                _write_atomically(path.with_suffix(".types"), "\n".join(names).encode())
+            _write_atomically(path, blob)
         return jax.jit(exported.call)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a private temporary file, so no reader sees half a file."""
+    partial = path.with_suffix(f"{path.suffix}.{os.getpid()}.{threading.get_ident()}.tmp")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 _registered: set[type] = set()
 
 
-def _register_named_tuples(tree) -> None:
-    """Make every NamedTuple type in ``tree`` serializable (needed to save and to load programs)."""
-    from jax import export
-
-    stack = [tree]
+def _named_tuple_types(tree) -> set[type]:
+    """Every NamedTuple type in ``tree`` (nested tuples, lists and dicts)."""
+    found, stack = set(), [tree]
     while stack:
         node = stack.pop()
         if isinstance(node, tuple):
-            kind = type(node)
-            if hasattr(kind, "_fields") and kind not in _registered:
-                try:
-                    name = f"{kind.__module__}.{kind.__qualname__}"
-                    export.register_namedtuple_serialization(kind, serialized_name=name)
-                except ValueError:  # registered already (by an earlier import of this module)
-                    pass
-                _registered.add(kind)
+            if hasattr(type(node), "_fields"):
+                found.add(type(node))
             stack.extend(node)
         elif isinstance(node, list):
             stack.extend(node)
         elif isinstance(node, dict):
             stack.extend(node.values())
+    return found
+
+
+def _register(kinds) -> None:
+    """Make NamedTuple types serializable (needed to save and to load programs holding them)."""
+    from jax import export
+
+    for kind in kinds:
+        if kind in _registered:
+            continue
+        try:
+            export.register_namedtuple_serialization(kind, serialized_name=_type_name(kind))
+        except ValueError:  # registered already (by an earlier import of this module)
+            pass
+        _registered.add(kind)
+
+
+def _type_name(kind: type) -> str:
+    """The name a NamedTuple type is serialized under."""
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _load_types(path: Path) -> list[type]:
+    """The NamedTuple types a ``.types`` file names (none if absent). Modules of :data:`PACKAGES`
+    are imported; any other must be imported already (an optimizer's state type, say)."""
+    if not path.exists():
+        return []
+    kinds = []
+    for name in path.read_text().split():  # module:qualified.name
+        module_name, _, qualname = name.partition(":")
+        if module_name.split(".")[0] in PACKAGES:
+            kind = importlib.import_module(module_name)
+        else:
+            kind = sys.modules[module_name]  # KeyError: not loadable here, the caller exports again
+        for part in qualname.split("."):
+            kind = getattr(kind, part)
+        kinds.append(kind)
+    return kinds
 
 
 def stored_jit(fun: Callable | None = None, *, static_argnums: tuple[int, ...] | int = (),

@@ -135,6 +135,42 @@ def _run_in_a_fresh_process(code: str, cache) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
 
 
+def test_named_tuples_only_in_the_output_are_stored_and_loaded_by_a_later_process(tmp_path):
+    # A process registers the NamedTuple types it is given; one that only comes out of the program
+    # (the trainers' Descent, a network's parameters) must be named beside the stored program, or
+    # no program returning one was ever saved and every process traced it again.
+    first = (
+        "import jax, numpy as np\n"
+        "from simulations import programs\n"
+        "from simulations.models.relu import init_relu\n"
+        "from simulations.runtime import enable_compilation_cache\n"
+        "store = enable_compilation_cache() / 'exported'\n"
+        "out = programs.stored_jit(init_relu, static_argnums=(1, 2, 3))(jax.random.PRNGKey(3), 3, 4, 2)\n"
+        "plain = jax.jit(init_relu, static_argnums=(1, 2, 3))(jax.random.PRNGKey(3), 3, 4, 2)\n"
+        "assert type(out).__name__ == 'ReLUParams', type(out)\n"
+        "np.testing.assert_array_equal(np.asarray(out.encoder), np.asarray(plain.encoder))\n"
+        "np.save(store / 'head.npy', np.asarray(out.head))\n"
+        "assert [path.read_text() for path in store.glob('*.types')] == ['simulations.models.relu:ReLUParams']\n"
+    )
+    second = (
+        "import jax, numpy as np\n"
+        "from jax import export\n"
+        "from simulations import programs\n"
+        "from simulations.models.relu import init_relu\n"
+        "from simulations.runtime import enable_compilation_cache\n"
+        "store = enable_compilation_cache() / 'exported'\n"
+        "def no_export(*a, **k):\n"
+        "    raise AssertionError('traced and exported again')\n"
+        "export.export = no_export\n"
+        "out = programs.stored_jit(init_relu, static_argnums=(1, 2, 3))(jax.random.PRNGKey(3), 3, 4, 2)\n"
+        "assert type(out).__name__ == 'ReLUParams', type(out)\n"
+        "np.testing.assert_array_equal(np.asarray(out.head), np.load(store / 'head.npy'))\n"
+    )
+    _run_in_a_fresh_process(first, tmp_path)
+    assert len(list((tmp_path / "exported").glob("*.jaxexport"))) == 1
+    _run_in_a_fresh_process(second, tmp_path)
+
+
 def test_programs_jax_cannot_export_run_as_plain_jit_and_are_marked(tmp_path):
     # Recording a trajectory makes diffrax check the grid with a host callback when equinox raises
     # its errors (its default; equinox reads the mode once, so this runs in a fresh process).
@@ -226,6 +262,30 @@ def test_a_restarted_batch_compiles_its_stored_programs_once(store, caplog):
     compiled = [record.getMessage() for record in caplog.records
                 if re.search(r"Finished XLA compilation of jit\(call\)", record.getMessage())]
     assert len(compiled) == 2, compiled  # the segment and the certification, once each
+
+
+def test_a_flow_lowers_only_its_solver_programs(tmp_path):
+    # Between segments a flow does a few scalar operations per point (motion along the escape
+    # direction, saddle tests, the next wait). Run as JAX operations, each was a program of its own,
+    # lowered and looked up in the compilation cache in every process: 34 lowerings for this flow,
+    # about 20 ms each. In NumPy they lower nothing. (A fresh process: no program is lowered yet.)
+    code = (
+        "import collections, jax, jax.numpy as jnp\n"
+        "from jax import monitoring\n"
+        "from simulations import flow, models\n"
+        "from simulations.experiments.weighting import population_loss\n"
+        "params0 = models.init_balanced(jax.random.PRNGKey(0), 4, (4, 4), 0.1)\n"
+        "params0, args = jax.tree_util.tree_map(lambda leaf: jnp.stack([leaf]), (params0, (\n"
+        "    jnp.diag(jnp.array([0.9, 0.5, 0.8, 0.3])), jnp.diag(jnp.array([1.0, 0.6, 2.0, 0.9])), jnp.zeros(()))))\n"
+        "events = collections.Counter()\n"
+        "monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: events.update([name]))\n"
+        "result = flow.gradient_flow(population_loss, params0, args, options=flow.FlowOptions(batching='points'),\n"
+        "                            batched=True)\n"
+        "assert int(result.restarts[0]) >= 1  # a restart: the bookkeeping ran twice\n"
+        "lowered = events['/jax/core/compile/jaxpr_to_mlir_module_duration']\n"
+        "assert 2 <= lowered <= 4, events  # the segment and the certification, and at most two helpers\n"
+    )
+    _run_in_a_fresh_process(code, tmp_path)
 
 
 def test_entry_points_store_flows_that_record_a_trajectory(tmp_path):
