@@ -15,6 +15,7 @@ import json
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from simulations import cli
 from simulations.experiment import Experiment, numeric_outputs, output_paths, point
@@ -40,14 +41,29 @@ def build_configs(experiment: Experiment, fields: dict, quick: bool) -> list:
 
 
 def run_configs(experiment: Experiment, configs: list) -> list:
-    """Per-point results of ``configs`` in order, one ``run_batch`` per shape key."""
+    """Per-point results of ``configs`` in order, one ``run_batch`` per shape key.
+
+    Several shape keys run at the same time, one thread each (at most one per core): each is its
+    own compiled program, and XLA compiles and runs programs called from different threads at
+    once, so with an empty compilation cache two programs take about as long as the slower one.
+    Every group's numbers are those it has alone; an error is raised for the first failing group.
+    """
+    from simulations.runtime import worker_threads
+
     groups: dict = {}
     for index, config in enumerate(configs):
         groups.setdefault(experiment.shape_key(config), []).append(index)
+    members = list(groups.values())
+    run = lambda indices: experiment.run_batch([configs[i] for i in indices])  # noqa: E731
+    workers = min(len(members), worker_threads())
+    if workers <= 1:
+        results = [run(indices) for indices in members]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = [future.result() for future in [pool.submit(run, indices) for indices in members]]
     points: list = [None] * len(configs)
-    for members in groups.values():
-        result = experiment.run_batch([configs[i] for i in members])
-        for row, index in enumerate(members):
+    for indices, result in zip(members, results):
+        for row, index in enumerate(indices):
             points[index] = point(result, row)
     return points
 
