@@ -16,7 +16,9 @@ packages; a program with any other static argument (a lambda, a function of a sc
 as usual, every time, and so is a program JAX cannot export, such as a flow recording a
 trajectory while equinox raises its errors from a host callback (entry points switch that off:
 :func:`simulations.runtime.configure_entry_point`). Results are those of the plain jitted
-function, bit for bit.
+function, bit for bit. JAX saves a program whose outputs hold NamedTuples only if their types are
+registered for serialization; the output types are therefore named in a ``.types`` file beside
+the program, and a later process registers them before loading it.
 """
 
 from __future__ import annotations
