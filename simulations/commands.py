@@ -15,7 +15,6 @@ import json
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from simulations import cli
 from simulations.experiment import Experiment, numeric_outputs, output_paths, point
@@ -48,19 +47,14 @@ def run_configs(experiment: Experiment, configs: list) -> list:
     once, so with an empty compilation cache two programs take about as long as the slower one.
     Every group's numbers are those it has alone; an error is raised for the first failing group.
     """
-    from simulations.runtime import worker_threads
+    from simulations.runtime import thread_map, worker_threads
 
     groups: dict = {}
     for index, config in enumerate(configs):
         groups.setdefault(experiment.shape_key(config), []).append(index)
     members = list(groups.values())
-    run = lambda indices: experiment.run_batch([configs[i] for i in indices])  # noqa: E731
-    workers = min(len(members), worker_threads())
-    if workers <= 1:
-        results = [run(indices) for indices in members]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = [future.result() for future in [pool.submit(run, indices) for indices in members]]
+    results = thread_map(lambda indices: experiment.run_batch([configs[i] for i in indices]), members,
+                         worker_threads())
     points: list = [None] * len(configs)
     for indices, result in zip(members, results):
         for row, index in enumerate(indices):

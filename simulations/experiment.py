@@ -29,7 +29,6 @@ import dataclasses
 import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -153,16 +152,14 @@ def split_batch(run_batch: Callable, configs: Sequence, devices: Sequence, *, fi
     size = len(configs) // len(devices)
     if size * len(devices) != len(configs):
         raise ValueError(f"configs ({len(configs)}) must split evenly over {len(devices)} devices")
-    x64 = bool(jax.config.jax_enable_x64)  # a thread-local setting: carried into the workers
+    from simulations.runtime import thread_map
 
     def run_slice(index):
-        with jax.enable_x64(x64):
-            return run_batch(list(configs[index * size:(index + 1) * size]),
-                             place=lambda tree, device=devices[index]: jax.device_put(tree, device))
+        return run_batch(list(configs[index * size:(index + 1) * size]),
+                         place=lambda tree, device=devices[index]: jax.device_put(tree, device))
 
     first = [run_slice(0)] if first_alone else []
-    with ThreadPoolExecutor(max_workers=len(devices)) as pool:  # XLA releases the GIL while it runs
-        rest = list(pool.map(run_slice, range(len(first), len(devices))))
+    rest = thread_map(run_slice, range(len(first), len(devices)), len(devices))
     return jax.tree_util.tree_map(lambda *leaves: np.concatenate([np.asarray(leaf) for leaf in leaves]),
                                   *(first + rest))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -43,6 +45,25 @@ def worker_threads() -> int:
     every program once per device, since the compilation cache keys CPU programs by device).
     """
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_map(function: Callable, items: Sequence, workers: int) -> list:
+    """``[function(item) for item in items]`` on up to ``workers`` threads, results in order.
+
+    The caller's float64 setting, which JAX keeps per thread, is carried into the threads; an
+    exception is raised for the first item (in order) that raised one.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    x64 = bool(jax.config.jax_enable_x64)
+
+    def call(item):
+        with jax.enable_x64(x64):
+            return function(item)
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:  # XLA releases the GIL while it runs
+        return list(pool.map(call, items))
 
 
 def configure_entry_point(*, precision: str = "float64", cache: bool = True) -> None:

@@ -91,6 +91,24 @@ def test_shape_groups_run_at_the_same_time_and_points_keep_their_order(monkeypat
     assert [int(p[0]) for p in points] == [1, 2, 3]
 
 
+def test_shape_groups_run_in_the_callers_precision(monkeypatch):
+    # JAX keeps the float64 setting per thread; a group run on another thread must see the caller's.
+    import jax
+    import numpy as np
+
+    from simulations import commands, runtime
+
+    monkeypatch.setattr(runtime, "worker_threads", lambda: 2)
+
+    def run_batch(configs):
+        return (np.asarray([bool(jax.config.jax_enable_x64)] * len(configs)),)
+
+    configs = [{"group": "a", "value": 1}, {"group": "b", "value": 2}]
+    with jax.enable_x64(False):  # the suite runs in float64: the opposite of the threads' default
+        points = commands.run_configs(_fake_experiment(run_batch), configs)
+    assert [bool(p[0]) for p in points] == [False, False]
+
+
 def test_a_failing_shape_group_raises_its_error(monkeypatch):
     import numpy as np
 
