@@ -5,13 +5,17 @@ are drawn by two worker processes (one on a single-core machine), longest first,
 next figure when it finishes one. With an empty compilation cache most of a figure's time is
 compiling, which XLA does on one core, so two processes compile two figures at once: on 2 CPU
 cores all 17 figures took 220 s with ``--jobs 2`` against 285 s in one process (108 s against
-134 s warm). ``--jobs 1`` draws them in this process; batched flows and minibatch runs spread
-their points over every core either way (simulations.runtime.worker_threads).
+134 s warm). Each worker runs on its own share of the cores (one core each on a 2-core machine):
+XLA otherwise splits small operations over every core, and two processes doing so get in each
+other's way. ``--jobs 1`` draws them in this process, whose batched
+flows and minibatch runs then spread their points over every core
+(simulations.runtime.worker_threads).
 ``python -m bench.figures`` times every figure.
 """
 
 from __future__ import annotations
 
+import os
 import pkgutil
 import sys
 import time
@@ -19,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-from figures._common import build_parser, draw, output_directory
+from figures._common import build_parser, draw, output_directory, pin_worker
 from simulations.runtime import worker_threads
 
 #: The theory figures: the closed forms against simulations on synthetic features (the others
@@ -33,6 +37,17 @@ FIRST = ("pixels", "reweighting_downstream", "nonlinear_knobs", "supervised_coar
          "trajectories", "readout_risk", "supervised_shift", "weight_decay", "nonlinear_diagonal",
          "downstream_weight_decay", "weighting_layers", "downstream_knobs", "nonlinear_decodability",
          "reweighting_pre_weights", "downstream_phase", "readout_map")
+
+
+def core_shares(jobs: int) -> list[set[int] | None]:
+    """The cores this process may use, dealt into ``jobs`` disjoint non-empty shares (one per
+    worker; None each where the system does not let a process choose its cores)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return [None] * jobs
+    cores = sorted(os.sched_getaffinity(0))
+    if jobs > len(cores):
+        return [set(cores)] * jobs  # more workers than cores: every worker may use every core
+    return [set(cores[index::jobs]) for index in range(jobs)]
 
 
 def default_jobs() -> int:
@@ -76,7 +91,12 @@ def main(argv=None) -> int:
                 return 1
     else:
         # spawn: a forked JAX process is unsafe (its thread pools do not survive fork).
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        context = get_context("spawn")
+        shares = context.SimpleQueue()
+        for share in core_shares(jobs):
+            shares.put(share)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=pin_worker,
+                                 initargs=(shares,)) as pool:
             futures = [pool.submit(draw, name, forwarded) for name in names]
             for future in as_completed(futures):
                 name, status, _ = future.result()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import textwrap
 import time
@@ -35,6 +36,20 @@ QUICK_OUT = Path("results") / "figures-quick"
 DPI = 110
 #: Figures train and compare in float64 (agreement at 1e-9 needs it).
 PRECISION = "float64"
+
+
+def pin_worker(shares) -> None:
+    """Worker-process initializer: take the next share of the cores from ``shares`` (a queue of
+    sets of core numbers, or None: no pinning) and run on those cores only.
+
+    It runs before JAX starts its CPU client, whose thread pool is sized from (and runs on) the
+    cores a process may use. XLA splits even small operations over that pool; in the long loops of
+    a flow or a training run the hand-offs cost more than they save once two processes share the
+    cores: the benchmark's adaptive flow took 3.0 s on 2 cores and 2.1-2.3 s on one.
+    """
+    share = shares.get()
+    if share is not None:
+        os.sched_setaffinity(0, share)
 
 
 def build_parser(name: str, description: str) -> argparse.ArgumentParser:

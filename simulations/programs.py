@@ -9,7 +9,8 @@ it instead of tracing (a few milliseconds); the compilation cache then supplies 
 
 A stored program is used only when everything it was built from matches: the source of every
 module of the ``simulations`` and ``theory`` packages (one fingerprint), the versions of JAX and
-jaxlib, the backend, the float64 setting, equinox's check mode (``EQX_ON_ERROR``), the static
+jaxlib, the backend, the float64 setting, equinox's check mode (``EQX_ON_ERROR``), the lowering of
+the random-number hash (:mod:`simulations.threefry`), the static
 arguments and the shapes and dtypes of the others. Static arguments must be plain values (numbers,
 strings, tuples, frozen dataclasses of them) or functions defined at module level in those two
 packages; a program with any other static argument (a lambda, a function of a script) is traced
@@ -37,6 +38,7 @@ from typing import Any
 
 import jax
 
+from simulations import threefry
 from simulations.runtime import EQUINOX_ERRORS_ENV
 
 #: Packages whose module-level functions may be static arguments of a stored program; their
@@ -121,7 +123,7 @@ class StoredJit:
             return self.jitted(*args, **kwargs)
         key = "|".join([self.name, *tokens, _aval_token(dynamic), str(bool(jax.config.jax_enable_x64)),
                         jax.default_backend(), jax.__version__, _jaxlib_version(), _equinox_errors(),
-                        _source_fingerprint()])
+                        f"threefry={threefry.installed()}", _source_fingerprint()])
         memo = (str(store), key)  # a program loaded here is also saved to a store named later
         program = self._programs.get(memo)
         if program is None:

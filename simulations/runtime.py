@@ -67,8 +67,10 @@ def thread_map(function: Callable, items: Sequence, workers: int) -> list:
 
 
 def configure_entry_point(*, precision: str = "float64", cache: bool = True) -> None:
-    """What every entry point does first: precision (float64 by default), the compile cache, and
-    equinox's run-time checks as NaNs rather than host callbacks (unless ``EQX_ON_ERROR`` is set).
+    """What every entry point does first: precision (float64 by default), the compile cache,
+    equinox's run-time checks as NaNs rather than host callbacks (unless ``EQX_ON_ERROR`` is set),
+    and the faster-compiling CPU lowering of the random-number hash (:mod:`simulations.threefry`:
+    the same random numbers bit for bit).
 
     diffrax checks a recording grid (``gradient_flow(..., times=...)``) with an equinox check,
     which by default raises from a host callback; a program holding a host callback can neither
@@ -78,7 +80,10 @@ def configure_entry_point(*, precision: str = "float64", cache: bool = True) -> 
     check would return NaNs instead of raising). Library code leaves the setting alone: only
     entry points, which own their process, change it.
     """
+    from simulations import threefry
+
     os.environ.setdefault(EQUINOX_ERRORS_ENV, ENTRY_POINT_EQUINOX_ERRORS)
+    threefry.install()
     jax.config.update("jax_enable_x64", precision == "float64")
     if cache and os.environ.get(CACHE_ENV) != "off":
         enable_compilation_cache()

@@ -2,9 +2,12 @@
 
 float64 everywhere (theory-versus-simulation checks need it), and rank promotion is an error: an
 (n,) array meeting an (n, 1) one must fail loudly instead of broadcasting to (n, n), as in
-equinox's and neural-tangents' suites. Warnings raised from our own modules are errors
-(pyproject.toml, [tool.pytest.ini_options] filterwarnings). Helpers shared by several test
-files live in tests/helpers.py; fixtures shared by several files live here.
+equinox's and neural-tangents' suites. The random-number hash uses the written-out CPU lowering
+that entry points install (simulations.threefry: the same numbers, compiled several times
+faster; tests/test_threefry.py compares it with JAX's own in a separate process). Warnings
+raised from our own modules are errors (pyproject.toml, [tool.pytest.ini_options]
+filterwarnings). Helpers shared by several test files live in tests/helpers.py; fixtures shared
+by several files live here.
 """
 
 import os
@@ -12,8 +15,11 @@ import os
 import jax
 import pytest
 
+from simulations import threefry
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+threefry.install()
 
 
 @pytest.fixture(scope="session")

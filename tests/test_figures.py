@@ -8,6 +8,7 @@ Runtime: ~90 s on 2 CPU cores, almost all of it compilation.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,31 @@ def test_figure_list_finds_every_module_and_only_rejects_unknown_names():
     assert names[:len(listed)] == listed
     with pytest.raises(SystemExit):
         figures_main.main(["--redraw", "--only", "no_such_figure"])
+
+
+def test_worker_processes_get_disjoint_shares_of_the_cores(monkeypatch):
+    monkeypatch.setattr(figures_main.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5}, raising=False)
+    shares = figures_main.core_shares(2)
+    assert shares == [{0, 2, 5}, {1, 3}]
+    assert figures_main.core_shares(8) == [{0, 1, 2, 3, 5}] * 8  # more workers than cores: no pinning
+    monkeypatch.delattr(figures_main.os, "sched_getaffinity")
+    assert figures_main.core_shares(2) == [None, None]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs a system that pins processes to cores, and two cores")
+def test_pinned_worker_runs_on_its_share_only():
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from figures._common import pin_worker
+
+    core = min(os.sched_getaffinity(0))
+    context = get_context("spawn")
+    shares = context.SimpleQueue()
+    shares.put({core})
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=pin_worker, initargs=(shares,)) as pool:
+        assert pool.submit(os.sched_getaffinity, 0).result(timeout=120) == {core}
 
 
 def test_redraw_without_saved_results_fails_clearly(tmp_path, capsys):
