@@ -7,9 +7,8 @@ compiling, which XLA does on one core, so two processes compile two figures at o
 cores all 17 figures took 220 s with ``--jobs 2`` against 285 s in one process (108 s against
 134 s warm). Each worker runs on its own share of the cores (one core each on a 2-core machine):
 XLA otherwise splits small operations over every core, and two processes doing so get in each
-other's way. ``--jobs 1`` draws them in this process, whose batched
-flows and minibatch runs then spread their points over every core
-(simulations.runtime.worker_threads).
+other's way. ``--jobs 1`` draws them in this process, whose batched flows and minibatch runs
+then spread their points over every core (simulations.runtime.worker_threads).
 ``python -m bench.figures`` times every figure.
 """
 
