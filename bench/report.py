@@ -17,6 +17,8 @@ def machine() -> dict:
     """CPU model, cores, JAX version and device, and the load average (other jobs inflate times)."""
     import jax
 
+    from simulations.runtime import usable_cores
+
     cpu = platform.processor() or None
     try:
         with open("/proc/cpuinfo") as handle:
@@ -27,10 +29,11 @@ def machine() -> dict:
     except OSError:
         pass
     devices = jax.devices()
+    cores = usable_cores()
     return {
         "cpu_model": cpu,
         "cpu_cores_visible": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_cores_usable": None if cores is None else len(cores),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "jax_version": jax.__version__,

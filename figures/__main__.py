@@ -14,7 +14,6 @@ then spread their points over every core (simulations.runtime.worker_threads).
 
 from __future__ import annotations
 
-import os
 import pkgutil
 import sys
 import time
@@ -23,7 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from figures._common import build_parser, draw, output_directory, pin_worker
-from simulations.runtime import worker_threads
+from simulations.runtime import usable_cores, worker_threads
 
 #: The theory figures: the closed forms against simulations on synthetic features (the others
 #: show real pixels and the readout oracle).
@@ -41,9 +40,10 @@ FIRST = ("pixels", "reweighting_downstream", "nonlinear_knobs", "supervised_coar
 def core_shares(jobs: int) -> list[set[int] | None]:
     """The cores this process may use, dealt into ``jobs`` disjoint non-empty shares (one per
     worker; None each where the system does not let a process choose its cores)."""
-    if not hasattr(os, "sched_getaffinity"):
+    usable = usable_cores()
+    if usable is None:
         return [None] * jobs
-    cores = sorted(os.sched_getaffinity(0))
+    cores = sorted(usable)
     if jobs > len(cores):
         return [set(cores)] * jobs  # more workers than cores: every worker may use every core
     return [set(cores[index::jobs]) for index in range(jobs)]

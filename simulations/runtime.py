@@ -35,6 +35,11 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
     return path
 
 
+def usable_cores() -> set[int] | None:
+    """The cores this process may run on, or None where the system does not say (no affinity call)."""
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
 def worker_threads() -> int:
     """Threads that batched work spreads over on a CPU: the cores this process may use.
 
@@ -44,7 +49,8 @@ def worker_threads() -> int:
     (measured on 2 cores: two threads 1.9x one; two forced CPU devices do as well but compile
     every program once per device, since the compilation cache keys CPU programs by device).
     """
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
+    return len(cores) if cores is not None else os.cpu_count() or 1
 
 
 def thread_map(function: Callable, items: Sequence, workers: int) -> list:

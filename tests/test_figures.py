@@ -139,11 +139,11 @@ def test_figure_list_finds_every_module_and_only_rejects_unknown_names():
 
 
 def test_worker_processes_get_disjoint_shares_of_the_cores(monkeypatch):
-    monkeypatch.setattr(figures_main.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5}, raising=False)
     shares = figures_main.core_shares(2)
     assert shares == [{0, 2, 5}, {1, 3}]
     assert figures_main.core_shares(8) == [{0, 1, 2, 3, 5}] * 8  # more workers than cores: no pinning
-    monkeypatch.delattr(figures_main.os, "sched_getaffinity")
+    monkeypatch.delattr(os, "sched_getaffinity")
     assert figures_main.core_shares(2) == [None, None]
 
 
