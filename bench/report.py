@@ -19,19 +19,19 @@ def machine() -> dict:
 
     from simulations.runtime import usable_cores
 
-    cpu = platform.processor() or None
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
     devices = jax.devices()
     cores = usable_cores()
     return {
-        "cpu_model": cpu,
+        "cpu_model": info.get("model name") or platform.processor() or None,
+        # Hosts that print the same model name differ (a generation apart: about 1.7x in these
+        # benchmarks); family/model numbers, clock and vector width tell them apart.
+        "cpu_family_model": (f"{info['cpu family']}/{info['model']}" if "cpu family" in info and "model" in info
+                             else None),
+        "cpu_mhz": float(info["cpu MHz"]) if "cpu MHz" in info else None,
+        "cpu_vector_extension": next((name for name in ("avx512f", "avx2", "avx", "sse4_2", "asimd")
+                                      if name in flags), None),
         "cpu_cores_visible": os.cpu_count(),
         "cpu_cores_usable": None if cores is None else len(cores),
         "platform": platform.platform(),
@@ -42,6 +42,21 @@ def machine() -> dict:
         "device_count": len(devices),
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none, e.g. macOS)."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
 
 
 def save_report(report: dict, directory: str | os.PathLike, kind: str, default=None) -> Path:
@@ -86,7 +101,9 @@ def summary_lines(report: dict) -> list[str]:
         pixels = report["pixels_run"]
         lines.append(f"pixels_run: {pixels['wall_s']:.1f} s, {pixels['images_per_second']:.0f} images/s")
     load = report["machine"].get("load_average_1_5_15")
-    lines.append(f"machine: {report['machine'].get('cpu_model')}, {report['machine'].get('cpu_cores_usable')} cores, "
+    cpu = report["machine"]
+    lines.append(f"machine: {cpu.get('cpu_model')} (family/model {cpu.get('cpu_family_model')}, "
+                 f"{cpu.get('cpu_vector_extension')}), {cpu.get('cpu_cores_usable')} cores, "
                  f"load average at start {load}, jax {report['machine'].get('jax_version')}, "
                  f"{report['machine'].get('device_kind')} x {report['machine'].get('device_count')}")
     return lines

@@ -143,6 +143,7 @@ def test_cli_quick_json_contract(tmp_path):
     machine = report["machine"]
     assert machine["jax_version"] == jax.__version__
     assert machine["cpu_model"] and machine["cpu_cores_usable"] >= 1 and len(machine["load_average_1_5_15"]) == 3
+    assert {"cpu_family_model", "cpu_mhz", "cpu_vector_extension"} <= set(machine)
     saved = list(tmp_path.glob("*_quick.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text())["vs_numpy_loop"] == report["vs_numpy_loop"]
 
