@@ -15,7 +15,8 @@ Keys (a stable interface; each value holds "ratio", "problem" and the raw times)
 Each holds "ratio_is_lower_bound" (true only when a NumPy run hit its time cap). The full run also
 reports "pixels_run": the default pixels experiment's wall time and images per second.
 Progress goes to stderr; stdout holds only the JSON. The JSON is also saved under bench/results/
-(or --out) with the machine description.
+(or --out) with the machine description and the compilation cache's state (two ratios count
+compilation: a warm cache makes them loads; --cold turns the cache off).
 """
 
 from __future__ import annotations
@@ -355,6 +356,9 @@ def main(argv=None) -> int:
     parts = args.only or [*CONTRACT_KEYS, *([] if args.quick else ["pixels_run"])]
     started = time.perf_counter()
     report = {"machine": machine(), "quick": args.quick, "compilation_cache": use_cache,
+              # Times "with compile" of a --quick run on a warm cache are mostly cache loads (the
+              # library's first weighting call: ~5 s on an empty cache, ~1 s warm, on 2 cores).
+              "compilation_cache_entries_at_start": _cache_entries() if use_cache else None,
               "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
               "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     log(f"machine: {report['machine']}")
@@ -389,6 +393,15 @@ def main(argv=None) -> int:
     else:
         print(json.dumps(report, default=_jsonable, indent=2))
     return 0
+
+
+def _cache_entries() -> int:
+    """Files in the persistent compilation cache (0: every compile in this run is a real one)."""
+    import jax
+
+    directory = jax.config.jax_compilation_cache_dir
+    path = Path(directory) if directory else None
+    return sum(1 for item in path.rglob("*") if item.is_file()) if path is not None and path.is_dir() else 0
 
 
 def _jsonable(value):

@@ -106,4 +106,13 @@ def summary_lines(report: dict) -> list[str]:
                  f"{cpu.get('cpu_vector_extension')}), {cpu.get('cpu_cores_usable')} cores, "
                  f"load average at start {load}, jax {report['machine'].get('jax_version')}, "
                  f"{report['machine'].get('device_kind')} x {report['machine'].get('device_count')}")
+    if "compilation_cache" in report:
+        entries = report.get("compilation_cache_entries_at_start")
+        if not report["compilation_cache"]:
+            state = "off (every compile is timed)"
+        elif entries == 0:
+            state = "on, empty at start (every compile is timed)"
+        else:
+            state = f"on, {entries} files at start (times with compile may be cache loads; --cold times compiles)"
+        lines.append(f"compilation cache: {state}")
     return lines

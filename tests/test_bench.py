@@ -144,8 +144,23 @@ def test_cli_quick_json_contract(tmp_path):
     assert machine["jax_version"] == jax.__version__
     assert machine["cpu_model"] and machine["cpu_cores_usable"] >= 1 and len(machine["load_average_1_5_15"]) == 3
     assert {"cpu_family_model", "cpu_mhz", "cpu_vector_extension"} <= set(machine)
+    # --quick uses the compilation cache and says how full it was (a warm cache turns "with compile" into loads).
+    assert report["compilation_cache"] is True and report["compilation_cache_entries_at_start"] >= 0
+    assert "compilation cache: on, " in completed.stderr
     saved = list(tmp_path.glob("*_quick.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text())["vs_numpy_loop"] == report["vs_numpy_loop"]
+
+
+def test_summary_names_the_compilation_cache_state():
+    from bench.report import summary_lines
+
+    def cache_line(used, entries):
+        report = {"machine": {}, "compilation_cache": used, "compilation_cache_entries_at_start": entries}
+        return summary_lines(report)[-1]
+
+    assert cache_line(False, None) == "compilation cache: off (every compile is timed)"
+    assert "empty at start" in cache_line(True, 0)
+    assert "12 files at start" in cache_line(True, 12) and "--cold" in cache_line(True, 12)
 
 
 def test_cli_rejects_bad_input():
