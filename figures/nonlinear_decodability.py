@@ -92,8 +92,9 @@ def plot(arrays, record):
     caption(fig, "Bars: R^2 of the variance-normalized ridge probe (ridge 0.1) on fresh test data, mean over seeds, "
                  "whiskers min..max. Feature 0's sign flips with probability 1/2 in each view; features 1, 2 are "
                  "invariant. Black ticks: closed-form R^2 of the diagonal ReLU net at its predicted fixed point "
-                 "(no weight decay; the simulation uses 0.05). Dashed: the contract's thresholds 0.8 (present) "
-                 "and 0.1 (absent). z holds |x0| but not x0; a linear net holds x0 nowhere.", width=160)
+                 "(no weight decay; the simulation uses 0.05). Dashed: the thresholds 0.8 (present) "
+                 "and 0.1 (absent) used to call a feature kept or dropped. z holds |x0| but not x0; a linear net "
+                 "holds x0 nowhere.", width=160)
     return fig
 
 

@@ -46,7 +46,7 @@ class Config:
         kappas: k values of the left panel.
         init_scales: init scales of the left panel (one marker style each).
         sweep_kappas: k values of the right panel.
-        sweep_init_scale: init scale of the right panel (the issue's regime: 1e-4).
+        sweep_init_scale: init scale of the right panel (1e-4, the small-init regime).
         gaps: gaps between consecutive ratios of the random problems.
         problems: random problems (seeds of random_problem) per (gap, k).
         seed: initialization seed.
@@ -181,8 +181,8 @@ def plot(arrays, record):
                  "(features exchange places when a and a/b rank them differently, or the init's orientation "
                  "favours a lower coordinate), and k near 1 mixes at any init. k = 1 is no head (pre = post). "
                  "Right: the deviation is organised by the exchange margin (theory.reweighting.exchange_margin; "
-                 "dashed: 0.8 and 1.5, where it was measured to drop below 5e-2 and 1e-3); the issue's regime "
-                 f"(k >= 2, gaps >= 0.1) includes margins below 0.5. All flows converged: {record['all_converged']}.")
+                 "dashed: 0.8 and 1.5, where it was measured to drop below 5e-2 and 1e-3); the regime k >= 2, "
+                 f"ratio gaps >= 0.1 includes margins below 0.5. All flows converged: {record['all_converged']}.")
     return fig
 
 

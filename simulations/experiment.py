@@ -57,7 +57,7 @@ class Command:
 
 
 class Experiment(NamedTuple):
-    """One experiment: see the module docstring for each field's contract."""
+    """One experiment: see the module docstring for what each field must do."""
 
     name: str
     config: type

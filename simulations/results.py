@@ -61,6 +61,8 @@ def provenance(*, precision: str | None = None) -> dict[str, Any]:
         "packages": versions,
         "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
         "precision": precision or ("float64" if jax.config.jax_enable_x64 else "float32"),
+        # XLA's code-generation options (simulations.runtime.configure_xla_cpu): they can move last digits.
+        "xla_flags": os.environ.get("XLA_FLAGS") or None,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
