@@ -45,7 +45,7 @@ def configure_xla_cpu() -> bool:
     XLA reads ``XLA_FLAGS`` when JAX starts its CPU backend (the first computation), and child
     processes inherit it. With ``--xla_cpu_use_fusion_emitters=false`` the programs here compile
     and run faster (measured on 2 cores, JAX 0.10.2: the supervised experiment's two quick
-    programs compiled in 2.7 s each instead of 3.8 s and 5.2 s, the nonlinear experiment's
+    programs compiled in 2.7-3.0 s each instead of 3.8 s and 5.2 s, the nonlinear experiment's
     minibatch training ran 27% faster, all 17 figures took 113 s instead of 141 s). Minibatch
     training reaches the same parameters bit for bit (the nonlinear, supervised and pixel figures'
     arrays are identical); gradient flows differ in the last digits of their arithmetic (relative
