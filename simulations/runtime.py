@@ -47,12 +47,13 @@ def configure_xla_cpu() -> bool:
     and run faster (measured on 2 cores, JAX 0.10.2: the supervised experiment's two quick
     programs compiled in 2.7-3.0 s each instead of 3.8 s and 5.2 s, the nonlinear experiment's
     minibatch training ran 27% faster, all 17 figures took 113 s instead of 141 s). Minibatch
-    training reaches the same parameters bit for bit (the nonlinear, supervised and pixel figures'
-    arrays are identical); gradient flows differ in the last digits of their arithmetic (relative
-    1e-14), which a flow through long plateaus carries further (up to 3e-6 in the trajectories
-    figure, whose markers sit 7e-3 from theory). Nothing is set when ``XLA_FLAGS`` already names
-    the option (set it to ``true`` to keep XLA's default), or when the installed jaxlib does not
-    know it (XLA stops a process that passes an unknown option).
+    training agrees to the last place (the supervised, pixel and nonlinear-decodability figures'
+    arrays are identical, the nonlinear-knobs figure's R^2 differ by at most 4e-16); gradient
+    flows differ in the last digits of their arithmetic (relative 1e-14), which a flow through
+    long plateaus carries further (up to 3e-6 in the trajectories figure, whose markers sit 7e-3
+    from theory). Nothing is set when ``XLA_FLAGS`` already names the option (set it to ``true``
+    to keep XLA's default), or when the installed jaxlib does not know it (XLA stops a process
+    that passes an unknown option).
 
     Returns:
         Whether ``XLA_FLAGS`` now asks for the classic emitters.
