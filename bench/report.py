@@ -100,12 +100,11 @@ def summary_lines(report: dict) -> list[str]:
     if "pixels_run" in report:
         pixels = report["pixels_run"]
         lines.append(f"pixels_run: {pixels['wall_s']:.1f} s, {pixels['images_per_second']:.0f} images/s")
-    load = report["machine"].get("load_average_1_5_15")
-    cpu = report["machine"]
-    lines.append(f"machine: {cpu.get('cpu_model')} (family/model {cpu.get('cpu_family_model')}, "
-                 f"{cpu.get('cpu_vector_extension')}), {cpu.get('cpu_cores_usable')} cores, "
-                 f"load average at start {load}, jax {report['machine'].get('jax_version')}, "
-                 f"{report['machine'].get('device_kind')} x {report['machine'].get('device_count')}")
+    host = report["machine"]
+    lines.append(f"machine: {host.get('cpu_model')} (family/model {host.get('cpu_family_model')}, "
+                 f"{host.get('cpu_vector_extension')}), {host.get('cpu_cores_usable')} cores, "
+                 f"load average at start {host.get('load_average_1_5_15')}, jax {host.get('jax_version')}, "
+                 f"{host.get('device_kind')} x {host.get('device_count')}")
     if "compilation_cache" in report:
         entries = report.get("compilation_cache_entries_at_start")
         if not report["compilation_cache"]:

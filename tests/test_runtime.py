@@ -4,12 +4,12 @@ Entry points ask XLA for its classic CPU loop emitters (faster to compile and to
 minibatch experiment trains to the same parameters and measurements bit for bit either way.
 """
 
-import json
 import os
 
 import numpy as np
 
 from simulations import runtime
+from simulations.results import load_results
 from tests.helpers import run_command
 
 OPTION = runtime.CPU_EMITTER_OPTION
@@ -30,12 +30,6 @@ def test_option_is_added_once_and_a_users_choice_is_kept(monkeypatch):
     assert runtime._jaxlib_knows("xla_cpu_option_that_does_not_exist_anywhere") is False
 
 
-def _saved(directory):
-    record = json.loads((directory / "nonlinear.json").read_text())
-    with np.load(directory / "nonlinear.npz") as arrays:
-        return record, {name: arrays[name] for name in arrays.files}
-
-
 def test_minibatch_numbers_are_the_same_with_either_emitters(cli_environment, tmp_path):
     """The nonlinear experiment (minibatch sampling, ReLU and linear training, probes), saved by the
     command with the entry point's setting and with XLA's default emitters."""
@@ -46,8 +40,8 @@ def test_minibatch_numbers_are_the_same_with_either_emitters(cli_environment, tm
             env["XLA_FLAGS"] = flags
         process = run_command(["nonlinear", "--quick", "--no-progress", "--out", tmp_path / name], env)
         assert process.returncode == 0, process.stderr[-2000:]
-        runs[name] = _saved(tmp_path / name)
-    (classic_record, classic), (default_record, default) = runs["classic"], runs["default"]
+        runs[name] = load_results(tmp_path / name, "nonlinear")
+    (classic, classic_record), (default, default_record) = runs["classic"], runs["default"]
     if runtime._jaxlib_knows(OPTION):
         assert classic_record["provenance"]["xla_flags"] == CLASSIC
     assert default_record["provenance"]["xla_flags"] == DEFAULT
