@@ -5,10 +5,11 @@ from the measurements in bench/ and the README) until a steady-state event fires
 parameters on a user-given time grid, and certifies the end point:
 
 * Steady-state event (cheap, every step): along the flow direction g = -grad L, the curvature
-  kappa = g^T H g / |g|^2 (one Hessian-vector product) must be positive, and the loss still to
-  be gained under the quadratic model along g, |g|^2 / (2 kappa), must be below
-  ``loss_tol * max(|L|, 1)``. On a saddle plateau the flow runs along an escape direction, so
-  kappa < 0 and the event cannot fire however small the gradient is.
+  kappa = g^T H g / |g|^2 (one Hessian-vector product, which the default RKC solver computes in
+  the loop of its own power iteration, :class:`simulations.rkc.RKC2` ``monitor``) must be
+  positive, and the loss still to be gained under the quadratic model along g, |g|^2 / (2 kappa),
+  must be below ``loss_tol * max(|L|, 1)``. On a saddle plateau the flow runs along an escape
+  direction, so kappa < 0 and the event cannot fire however small the gradient is.
 * Certification (once, after the solve): the smallest Hessian eigenvalue. A clearly negative one
   (below ``-saddle_tol * lambda_max``) means the flow stopped near a saddle whose escape direction
   had not yet taken over; the flow then continues for at least ``escape_factor / |lambda_min|``
@@ -159,7 +160,19 @@ def _solver(options: FlowOptions):
     }[options.solver]()
 
 
+def _is_steady(value, g2, curvature_times_g2, options):
+    """The steady-state test from the loss, |g|^2 and g^T H g (g = -grad L): the loss still to be
+    gained under the quadratic model along g is below ``loss_tol * max(|L|, 1)``; or divergence."""
+    gain = g2 * g2 / (2.0 * jnp.where(curvature_times_g2 > 0, curvature_times_g2, 1.0))
+    steady = (curvature_times_g2 > 0) & (gain <= options.loss_tol * jnp.maximum(jnp.abs(value), 1.0))
+    steady = steady | (g2 == 0)
+    # Stop at once on divergence, so the error names the time it happened.
+    diverged = ~jnp.isfinite(value) | ~jnp.isfinite(g2)
+    return steady, diverged
+
+
 def _steady_condition(loss_fn, options):
+    """The event of the solvers other than RKC: measures the loss, gradient and g^T H g itself."""
     def condition(t, y, args, **kwargs):
         user_args, t_arm = args
         value, grad = jax.value_and_grad(loss_fn)(y, user_args)
@@ -169,24 +182,56 @@ def _steady_condition(loss_fn, options):
         curvature_times_g2 = sum(
             jnp.vdot(g, h) for g, h in zip(jax.tree_util.tree_leaves(flow), jax.tree_util.tree_leaves(hvp))
         )
-        gain = g2 * g2 / (2.0 * jnp.where(curvature_times_g2 > 0, curvature_times_g2, 1.0))
-        steady = (curvature_times_g2 > 0) & (gain <= options.loss_tol * jnp.maximum(jnp.abs(value), 1.0))
-        steady = steady | (g2 == 0)
-        # Stop at once on divergence, so the error names the time it happened.
-        diverged = ~jnp.isfinite(value) | ~jnp.isfinite(g2)
+        steady, diverged = _is_steady(value, g2, curvature_times_g2, options)
         return (steady & (t >= t_arm)) | diverged
 
     return condition
 
 
+def _monitored_condition(options):
+    """The event of RKC, which measured (loss, |g|^2, g^T H g) at the step's end: y = (params, stats)."""
+    def condition(t, y, args, **kwargs):
+        steady, diverged = _is_steady(y[1][0], y[1][1], y[1][2], options)
+        return (steady & (t >= args[1])) | diverged
+
+    return condition
+
+
+def _monitor(loss_fn):
+    """RKC's monitor: the loss, the flow -grad L and the Hessian-vector product at the parameters."""
+    def monitor(t, params, args):
+        value, grad = jax.value_and_grad(loss_fn)(params, args[0])
+        hessian_product = lambda u: jax.jvp(lambda p: jax.grad(loss_fn)(p, args[0]), (params,), (u,))[1]
+        return value, jax.tree_util.tree_map(jnp.negative, grad), hessian_product
+
+    return monitor
+
+
 def _segment(loss_fn, options: FlowOptions, params0, user_args, t_start, t_arm, times):
-    """One diffrax solve from t_start to max_time, ending at the steady-state event."""
+    """One diffrax solve from t_start to max_time, ending at the steady-state event.
+
+    With RKC (the default) the solver itself measures the steady-state test's quantities at each
+    step's end (:class:`simulations.rkc.RKC2` ``monitor``): the state is (params, stats).
+    """
     import diffrax
 
+    monitored = options.solver == "rkc"
+
     def vector_field(t, y, args):
+        if monitored:
+            return (jax.tree_util.tree_map(jnp.negative, jax.grad(loss_fn)(y[0], args[0])), jnp.zeros_like(y[1]))
         return jax.tree_util.tree_map(jnp.negative, jax.grad(loss_fn)(y, args[0]))
 
     term = diffrax.ODETerm(vector_field)
+    solver, y0, condition = _solver(options), params0, _steady_condition(loss_fn, options)
+    if monitored:
+        from simulations.rkc import RKC2
+
+        monitor = _monitor(loss_fn)
+        y0, started = RKC2(max_stages=options.max_stages, monitor=monitor).start(
+            term, t_start, params0, (user_args, t_arm))
+        solver = RKC2(max_stages=options.max_stages, monitor=monitor, started=started)
+        condition = _monitored_condition(options)
     t_end = options.max_time
     if options.solver == "euler":
         controller, dt0 = diffrax.ConstantStepSize(), options.euler_step
@@ -194,23 +239,28 @@ def _segment(loss_fn, options: FlowOptions, params0, user_args, t_start, t_arm, 
         # overflow (1e14 steps by default), so end where max_steps would stop the solve anyway.
         t_end = jnp.minimum(options.max_time, t_start + options.max_steps * options.euler_step)
     else:
-        controller, dt0 = diffrax.PIDController(rtol=options.rtol, atol=options.atol), None
+        from simulations.rkc import state_norm
+
+        controller = diffrax.PIDController(rtol=options.rtol, atol=options.atol,
+                                           **({"norm": state_norm} if monitored else {}))
+        dt0 = None
     subs = [diffrax.SubSaveAt(t1=True)]
     if times is not None:
         subs.append(diffrax.SubSaveAt(ts=jnp.clip(times, t_start, t_end)))
     solution = diffrax.diffeqsolve(
-        term, _solver(options), t_start, t_end, dt0, params0, args=(user_args, t_arm),
+        term, solver, t_start, t_end, dt0, y0, args=(user_args, t_arm),
         stepsize_controller=controller, saveat=diffrax.SaveAt(subs=subs), max_steps=options.max_steps,
-        event=diffrax.Event(_steady_condition(loss_fn, options)), throw=False,
+        event=diffrax.Event(condition), throw=False,
     )
-    final = jax.tree_util.tree_map(lambda leaf: leaf[-1], solution.ys[0])
+    states = [ys[0] if monitored else ys for ys in solution.ys]
+    final = jax.tree_util.tree_map(lambda leaf: leaf[-1], states[0])
     t_final = solution.ts[0][-1]
     trajectory = None
     if times is not None:
         # Grid points past the event are inf in diffrax; the flow is at steady state there.
         trajectory = jax.tree_util.tree_map(
             lambda leaf, last: jnp.where((times > t_final).reshape((-1,) + (1,) * last.ndim), last, leaf),
-            solution.ys[1], final,
+            states[1], final,
         )
     event_fired = solution.event_mask if solution.event_mask is not None else jnp.array(False)
     return dict(

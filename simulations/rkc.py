@@ -9,14 +9,27 @@ stability interval along the negative real axis grows like 0.65 s^2, so a step o
 about sqrt(1.54 h rho) gradient evaluations instead of h rho / 2: only gradients and
 Hessian-vector products, no linear algebra, and it vmaps. The spectral radius rho is tracked by a
 warm-started power iteration with Hessian-vector products (jax.jvp of the vector field).
+
+With a ``monitor`` (a function giving a scalar such as the loss, the vector field and its
+Jacobian-vector product), the solver also measures what a steady-state test needs at the end
+of every step: the state is ``(x, stats)`` and ``stats`` holds the loss, |f|^2 and -f^T J f at x.
+The power iteration for the next step and these measurements then share one loop over one
+Jacobian-vector product, so a compiled solve holds two copies of that product (start and step)
+instead of four (the solver's start and step, and a diffrax event's start and step). Measured on
+2 cores (JAX 0.10.2, three fresh processes each): the gradient flow of a two-layer ReLU head
+compiles in 3.6-4.0 s instead of 4.1-4.6 s, of a depth-4 linear network in 1.7-1.8 s instead of
+2.1-2.5 s; the steps taken are the same.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optimistix as optx
 from diffrax import (
     RESULTS,
     AbstractAdaptiveSolver,
@@ -52,6 +65,16 @@ def _chebyshev(w0, s, s_max):
     return carry[0], carry[2], carry[4]
 
 
+def state_norm(y):
+    """RMS norm of the integrated part ``x`` of a monitored state ``(x, stats)`` (diffrax's default
+    norm on x: the measured ``stats`` are not integrated and take no part in step-size control)."""
+    return optx.rms_norm(y[0])
+
+
+#: Power iterations at the start of a solve, before the per-step ones.
+START_ITERATIONS = 30
+
+
 class RKC2(AbstractAdaptiveSolver):
     """Second-order Runge--Kutta--Chebyshev solver for ODEs with a real, stiff spectrum.
 
@@ -59,11 +82,21 @@ class RKC2(AbstractAdaptiveSolver):
         max_stages: cap on the stage count s (stability interval ~0.65 s^2 / rho).
         power_iterations: Hessian-vector products per step refining the spectral-radius estimate.
         rho_safety: factor applied to the power-iteration estimate (it approaches rho from below).
+        monitor: optional ``monitor(t, x, args) -> (value, f(x), product)``: a scalar of the state
+            (for a gradient flow, the loss), the vector field, and ``product(u) = -J(x) u`` (for a
+            gradient flow, the Hessian-vector product). With it the state is ``(x, stats)``: x is
+            integrated (the term's vector field takes and returns ``(x, stats)``-shaped trees and
+            must ignore stats), and ``stats`` = (value, f.f, -f.Jf) at x is measured at every
+            step's end (build ``y0`` with :meth:`start`).
+        started: the solver state :meth:`start` returned (then ``init`` returns it instead of
+            computing it again).
     """
 
     max_stages: int = 512
     power_iterations: int = 2
     rho_safety: float = 1.2
+    monitor: Callable | None = eqx.field(default=None, static=True)
+    started: Any = None
 
     term_structure: ClassVar = AbstractTerm
     interpolation_cls: ClassVar = ThirdOrderHermitePolynomialInterpolation
@@ -84,24 +117,71 @@ class RKC2(AbstractAdaptiveSolver):
 
         return jax.lax.fori_loop(0, iterations, body, (v, jnp.zeros((), dtype=jnp.result_type(t))))
 
-    def init(self, terms, t0, t1, y0, args):
-        f0 = terms.vf(t0, y0, args)
+    def _measure(self, terms, t, x, args, v, iterations, before=0):
+        """At x: the monitor's (value, f), then ``iterations`` power-iteration products -J v and one
+        product -J f, all from one loop over the monitor's product.
+
+        Returns (f(x), v after the power iterations, the last norm |J v|, the norm after the
+        first ``before`` products, stats (value, f.f, -f.Jf)).
+        """
+        value, f, product = self.monitor(t, x, args)
+        dtype = jnp.result_type(value)
+        # The solver's own f(x) comes from the vector field, as in every other step of RKC: the
+        # monitor's may differ in the last bit (a loss's value_and_grad and grad need not round alike).
+        f_state = terms.vf(t, (x, jnp.zeros(3, dtype)), args)[0]
+
+        def body(i, carry):
+            v, norm, norm_before, f_pf = carry
+            along_f = i == iterations
+            w = product(jax.tree_util.tree_map(lambda a, b: jnp.where(along_f, a, b), f, v))
+            new_norm = jnp.sqrt(_tree_vdot(w, w))
+            safe = jnp.where(new_norm > 0, new_norm, 1.0)
+            # -J v instead of J v: the iterates alternate in sign, their norms are the same.
+            v = jax.tree_util.tree_map(lambda old, new: jnp.where(along_f, old, new), v,
+                                       _tree_scale(w, 1.0 / safe))
+            norm_before = jnp.where(i == before - 1, new_norm, norm_before)
+            f_pf = jnp.where(along_f, _tree_vdot(f, w), f_pf)
+            return v, jnp.where(along_f, norm, new_norm), norm_before, f_pf
+
+        zero = jnp.zeros((), dtype)
+        v, norm, norm_before, f_pf = jax.lax.fori_loop(0, iterations + 1, body, (v, zero, zero, zero))
+        stats = jnp.stack([value, _tree_vdot(f, f), f_pf])
+        return f_state, v, norm, norm_before, stats
+
+    def start(self, terms, t0, x0, args):
+        """The monitored start: ``((x0, stats0), state)``; pass ``state`` as ``started``."""
+        v = self._start_direction(x0)
+        f0, v, norm, norm_before, stats = self._measure(
+            terms, t0, x0, args, v, START_ITERATIONS + self.power_iterations, before=START_ITERATIONS)
+        # As if the first step refined the start's estimate: never below half of it.
+        rho = jnp.maximum(norm, 0.5 * norm_before)
+        return (x0, stats), ((f0, jnp.zeros_like(stats)), v, rho)
+
+    @staticmethod
+    def _start_direction(y0):
         # Start the power iteration from a fixed pseudo-random direction (deterministic).
         leaves, treedef = jax.tree_util.tree_flatten(y0)
         keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
         v = jax.tree_util.tree_unflatten(
             treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
         )
-        norm = jnp.sqrt(_tree_vdot(v, v))
-        v, rho = self._power(terms, t0, y0, args, _tree_scale(v, 1.0 / norm), 30)
+        return _tree_scale(v, 1.0 / jnp.sqrt(_tree_vdot(v, v)))
+
+    def init(self, terms, t0, t1, y0, args):
+        if self.monitor is not None:
+            return self.started if self.started is not None else self.start(terms, t0, y0[0], args)[1]
+        f0 = terms.vf(t0, y0, args)
+        v, rho = self._power(terms, t0, y0, args, self._start_direction(y0), START_ITERATIONS)
         return (f0, v, rho)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del made_jump
         f0, v, rho = solver_state
         h = t1 - t0
-        v, rho_new = self._power(terms, t0, y0, args, v, self.power_iterations)
-        rho = jnp.maximum(rho_new, 0.5 * rho)  # do not let one noisy estimate collapse the bound
+        if self.monitor is None:
+            v, rho_new = self._power(terms, t0, y0, args, v, self.power_iterations)
+            rho = jnp.maximum(rho_new, 0.5 * rho)  # do not let one noisy estimate collapse the bound
+        # (monitored: v and rho were refined at y0 when the step that ended there was taken.)
         rho_bound = self.rho_safety * rho
         s_needed = 1.0 + jnp.sqrt(1.0 + 1.54 * h * rho_bound)
         s = jnp.clip(jnp.ceil(s_needed), 2, self.max_stages).astype(jnp.int32)
@@ -144,14 +224,23 @@ class RKC2(AbstractAdaptiveSolver):
         del t2
         carry = jax.lax.fori_loop(2, s + 1, body, carry)
         y_end = carry[0]
-        f1 = terms.vf(t1, y_end, args)
+        if self.monitor is None:
+            f1 = terms.vf(t1, y_end, args)
+            state = (f1, v, rho)
+        else:
+            f1, v, norm, _, stats = self._measure(terms, t1, y_end[0], args, v, self.power_iterations)
+            f1 = (f1, jnp.zeros_like(stats))
+            y_end = (y_end[0], stats)
+            state = (f1, v, jnp.maximum(norm, 0.5 * rho))  # never below half the last estimate
         # Embedded error estimate of RKC: (12 (y0 - y1) + 6 h (f0 + f1)) / 15.
         y_error = jax.tree_util.tree_map(
             lambda a, b, fa, fb: (12 * (a - b) + 6 * h * (fa + fb)) / 15.0, y0, y_end, f0, f1
         )
+        if self.monitor is not None:
+            y_error = (y_error[0], jnp.zeros_like(y_error[1]))  # stats are measured, not integrated
         y_error = jax.tree_util.tree_map(lambda e: jnp.where(unstable, jnp.inf, e), y_error)
         dense_info = dict(y0=y0, y1=y_end, k0=_tree_scale(f0, h), k1=_tree_scale(f1, h))
-        return y_end, y_error, dense_info, (f1, v, rho), RESULTS.successful
+        return y_end, y_error, dense_info, state, RESULTS.successful
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)

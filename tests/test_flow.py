@@ -363,3 +363,46 @@ def test_flow_options_reject_bad_values_naming_the_field(field, value):
 def test_bad_time_grid_raises(times):
     with pytest.raises(ValueError, match="times"):
         gradient_flow(population_loss, _aligned(0.1, 2), _args(), times=times)
+
+
+def _event_based_rkc_segment(loss_fn, options, params0, user_args):
+    """The RKC solve as a plain diffrax event would run it: the solver without a monitor, and an
+    event that measures the loss, the gradient and g^T H g itself at every step."""
+    import diffrax
+
+    from simulations import flow
+    from simulations.rkc import RKC2
+
+    def vector_field(t, y, args):
+        return jax.tree_util.tree_map(jnp.negative, jax.grad(loss_fn)(y, args[0]))
+
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field), RKC2(max_stages=options.max_stages), 0.0, options.max_time, None,
+        params0, args=(user_args, 0.0), stepsize_controller=diffrax.PIDController(rtol=options.rtol, atol=options.atol),
+        saveat=diffrax.SaveAt(t1=True), max_steps=options.max_steps,
+        event=diffrax.Event(flow._steady_condition(loss_fn, options)), throw=False)
+    return (jax.tree_util.tree_map(lambda leaf: leaf[-1], solution.ys), solution.ts[-1],
+            solution.stats["num_accepted_steps"])
+
+
+def test_monitored_rkc_takes_the_steps_of_an_event_based_solve():
+    """RKC measures the steady-state test's loss, |g|^2 and g^T H g at each step's end and shares
+    the Hessian-vector products with its power iteration (one product in the compiled step instead
+    of two); the event reads them from the state. The solve must be the one a separate event gives:
+    the same accepted steps and stopping time. The last bits may differ (XLA rounds the same
+    Hessian-vector product differently in the two programs), so the end point is compared at 1e-10,
+    far below any tolerance of the flow (rtol 1e-5 by default)."""
+    from simulations import flow
+
+    options = FlowOptions(certify=False)
+    with jax.enable_x64(True):
+        params0 = models.init_linear(jax.random.PRNGKey(3), D, (D, D), init_scale=0.3)
+        user_args = (jnp.asarray(np.diag(A)), jnp.asarray(np.diag(B)), jnp.asarray(0.0))
+        out = flow._segment_jit(population_loss, options, params0, user_args, jnp.asarray(0.0),
+                                jnp.asarray(0.0), None)
+        params, t_final, steps = jax.jit(_event_based_rkc_segment, static_argnums=(0, 1))(
+            population_loss, options, params0, user_args)
+    assert bool(out["event"]) and int(out["steps"]) == int(steps) > 10
+    assert float(out["t_final"]) == pytest.approx(float(t_final), rel=1e-10)
+    for measured, reference in zip(out["params"], params):
+        np.testing.assert_allclose(np.asarray(measured), np.asarray(reference), rtol=1e-10, atol=1e-12)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from simulations.draws import normals
 from simulations.matmul import matmul
 from simulations.programs import stored_jit
 from theory.checks import check_choice, check_float, check_int
@@ -36,9 +37,10 @@ def layer_dims(input_dim: int, widths: Sequence[int]) -> tuple[int, ...]:
     return (int(input_dim), *(int(w) for w in widths))
 
 
-def _random_orthonormal(key: jax.Array, rows: int, cols: int) -> jax.Array:
-    """A Haar-random (rows, cols) matrix with orthonormal columns (cols <= rows)."""
-    q, r = jnp.linalg.qr(jax.random.normal(key, (rows, rows)))
+def _random_orthonormal(gaussian: jax.Array, cols: int) -> jax.Array:
+    """A Haar-random (rows, cols) matrix with orthonormal columns (cols <= rows) from a standard
+    Gaussian (rows, rows) matrix."""
+    q, r = jnp.linalg.qr(gaussian)
     q = q * jnp.sign(jnp.diag(r))[None, :]  # sign fix makes the distribution Haar
     return q[:, :cols]
 
@@ -104,14 +106,15 @@ def _init_program(key: jax.Array, scales: jax.Array, dims: tuple[int, ...], init
     if init == "balanced":
         k = min(dims)
         keys = jax.random.split(key, len(dims))
-        frames = [_random_orthonormal(keys[l], dims[l], k) for l in range(len(dims))]
+        gaussians = normals(list(keys), [(rows, rows) for rows in dims])
+        frames = [_random_orthonormal(gaussian, k) for gaussian in gaussians]
         return tuple(scales[l] * frames[l + 1] @ frames[l].T for l in layers)
     if init == "gaussian":
         keys = jax.random.split(key, len(dims) - 1)
+        gaussians = normals(list(keys), [(dims[l + 1], dims[l]) for l in layers])
         # The barrier keeps XLA from fusing the scaling into the sampler, which rounds differently
         # from sampling and then scaling (the numbers of earlier versions, which ran them apart).
-        return tuple(scales[l] * jax.lax.optimization_barrier(jax.random.normal(keys[l], (dims[l + 1], dims[l])))
-                     for l in layers)
+        return tuple(scales[l] * jax.lax.optimization_barrier(gaussians[l]) for l in layers)
     return tuple(scales[l] * jnp.eye(dims[l + 1], dims[l]) for l in layers)
 
 

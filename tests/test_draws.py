@@ -1,0 +1,35 @@
+"""simulations.draws: several normal draws as one vmapped draw per shape, the same numbers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simulations.draws import normals
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_normals_equal_one_draw_per_key_bit_for_bit(x64):
+    shapes = [(3, 3), (4, 2), (3, 3), (5,), (4, 2), (3, 3)]
+    with jax.enable_x64(x64):
+        keys = list(jax.random.split(jax.random.PRNGKey(11), len(shapes)))
+        expected = jax.jit(lambda keys: [jax.random.normal(key, shape) for key, shape in zip(keys, shapes)])(keys)
+        drawn = jax.jit(lambda keys: normals(keys, shapes))(keys)
+    for want, got in zip(expected, drawn):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_normals_keep_each_draws_dtype():
+    keys = list(jax.random.split(jax.random.PRNGKey(0), 3))
+    with jax.enable_x64(True):
+        drawn = normals(keys, [(2,), (2,), (2,)], [jnp.float32, jnp.float64, jnp.float32])
+        assert [d.dtype for d in drawn] == [jnp.float32, jnp.float64, jnp.float32]
+        np.testing.assert_array_equal(np.asarray(drawn[1]), np.asarray(jax.random.normal(keys[1], (2,), jnp.float64)))
+
+
+def test_normals_reject_mismatched_lengths():
+    with pytest.raises(ValueError, match="keys, shapes and dtypes"):
+        normals([jax.random.PRNGKey(0)], [(2,), (3,)])
