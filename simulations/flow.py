@@ -146,13 +146,14 @@ class FlowResult(NamedTuple):
     at_saddle: Any
 
 
-def _solver(options: FlowOptions):
+def _solver(options: FlowOptions, monitor=None):
+    """The diffrax solver of ``options.solver`` (RKC with ``monitor``, see :class:`simulations.rkc.RKC2`)."""
     import diffrax  # imported when a program is traced: a stored program needs neither it nor rkc
 
     from simulations.rkc import RKC2
 
     if options.solver == "rkc":
-        return RKC2(max_stages=options.max_stages)
+        return RKC2(max_stages=options.max_stages, monitor=monitor)
     return {
         "kvaerno5": diffrax.Kvaerno5,
         "tsit5": diffrax.Tsit5,
@@ -160,15 +161,16 @@ def _solver(options: FlowOptions):
     }[options.solver]()
 
 
-def _is_steady(value, g2, curvature_times_g2, options):
-    """The steady-state test from the loss, |g|^2 and g^T H g (g = -grad L): the loss still to be
-    gained under the quadratic model along g is below ``loss_tol * max(|L|, 1)``; or divergence."""
+def _steady_event(t, t_arm, value, g2, curvature_times_g2, options):
+    """The steady-state event from the loss, |g|^2 and g^T H g (g = -grad L): from ``t_arm`` on,
+    the loss still to be gained under the quadratic model along g is below
+    ``loss_tol * max(|L|, 1)``; or at once, divergence."""
     gain = g2 * g2 / (2.0 * jnp.where(curvature_times_g2 > 0, curvature_times_g2, 1.0))
     steady = (curvature_times_g2 > 0) & (gain <= options.loss_tol * jnp.maximum(jnp.abs(value), 1.0))
     steady = steady | (g2 == 0)
     # Stop at once on divergence, so the error names the time it happened.
     diverged = ~jnp.isfinite(value) | ~jnp.isfinite(g2)
-    return steady, diverged
+    return (steady & (t >= t_arm)) | diverged
 
 
 def _steady_condition(loss_fn, options):
@@ -182,8 +184,7 @@ def _steady_condition(loss_fn, options):
         curvature_times_g2 = sum(
             jnp.vdot(g, h) for g, h in zip(jax.tree_util.tree_leaves(flow), jax.tree_util.tree_leaves(hvp))
         )
-        steady, diverged = _is_steady(value, g2, curvature_times_g2, options)
-        return (steady & (t >= t_arm)) | diverged
+        return _steady_event(t, t_arm, value, g2, curvature_times_g2, options)
 
     return condition
 
@@ -191,8 +192,7 @@ def _steady_condition(loss_fn, options):
 def _monitored_condition(options):
     """The event of RKC, which measured (loss, |g|^2, g^T H g) at the step's end: y = (params, stats)."""
     def condition(t, y, args, **kwargs):
-        steady, diverged = _is_steady(y[1][0], y[1][1], y[1][2], options)
-        return (steady & (t >= args[1])) | diverged
+        return _steady_event(t, args[1], y[1][0], y[1][1], y[1][2], options)
 
     return condition
 
@@ -223,15 +223,13 @@ def _segment(loss_fn, options: FlowOptions, params0, user_args, t_start, t_arm, 
         return jax.tree_util.tree_map(jnp.negative, jax.grad(loss_fn)(y, args[0]))
 
     term = diffrax.ODETerm(vector_field)
-    solver, y0, condition = _solver(options), params0, _steady_condition(loss_fn, options)
+    solver = _solver(options, _monitor(loss_fn) if monitored else None)
     if monitored:
-        from simulations.rkc import RKC2
-
-        monitor = _monitor(loss_fn)
-        y0, started = RKC2(max_stages=options.max_stages, monitor=monitor).start(
-            term, t_start, params0, (user_args, t_arm))
-        solver = RKC2(max_stages=options.max_stages, monitor=monitor, started=started)
-        condition = _monitored_condition(options)
+        # The start's measurements are both y0's stats (the event reads them) and the solver's state.
+        y0, started = solver.start(term, t_start, params0, (user_args, t_arm))
+        solver, condition = dataclasses.replace(solver, started=started), _monitored_condition(options)
+    else:
+        y0, condition = params0, _steady_condition(loss_fn, options)
     t_end = options.max_time
     if options.solver == "euler":
         controller, dt0 = diffrax.ConstantStepSize(), options.euler_step

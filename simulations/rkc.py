@@ -50,6 +50,12 @@ def _tree_scale(tree, c):
     return jax.tree_util.tree_map(lambda x: c * x, tree)
 
 
+def _normalized(w):
+    """``(w / |w|, |w|)`` for a pytree w (w itself, norm 0, when w = 0): one power-iteration update."""
+    norm = jnp.sqrt(_tree_vdot(w, w))
+    return _tree_scale(w, 1.0 / jnp.where(norm > 0, norm, 1.0)), norm
+
+
 def _chebyshev(w0, s, s_max):
     """T_s(w0), T_s'(w0), T_s''(w0) by the three-term recurrence (stable for w0 >= 1)."""
 
@@ -111,11 +117,7 @@ class RKC2(AbstractAdaptiveSolver):
 
     def _power(self, terms, t, y, args, v, iterations):
         def body(_, carry):
-            v, _ = carry
-            w = self._jvp(terms, t, y, args, v)
-            norm = jnp.sqrt(_tree_vdot(w, w))
-            safe = jnp.where(norm > 0, norm, 1.0)
-            return _tree_scale(w, 1.0 / safe), norm
+            return _normalized(self._jvp(terms, t, y, args, carry[0]))
 
         return jax.lax.fori_loop(0, iterations, body, (v, jnp.zeros((), dtype=jnp.result_type(t))))
 
@@ -136,11 +138,9 @@ class RKC2(AbstractAdaptiveSolver):
             v, norm, norm_before, f_pf = carry
             along_f = i == iterations
             w = product(jax.tree_util.tree_map(lambda a, b: jnp.where(along_f, a, b), f, v))
-            new_norm = jnp.sqrt(_tree_vdot(w, w))
-            safe = jnp.where(new_norm > 0, new_norm, 1.0)
             # -J v instead of J v: the iterates alternate in sign, their norms are the same.
-            v = jax.tree_util.tree_map(lambda old, new: jnp.where(along_f, old, new), v,
-                                       _tree_scale(w, 1.0 / safe))
+            direction, new_norm = _normalized(w)
+            v = jax.tree_util.tree_map(lambda old, new: jnp.where(along_f, old, new), v, direction)
             norm_before = jnp.where(i == before - 1, new_norm, norm_before)
             f_pf = jnp.where(along_f, _tree_vdot(f, w), f_pf)
             return v, jnp.where(along_f, norm, new_norm), norm_before, f_pf
