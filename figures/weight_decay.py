@@ -98,7 +98,7 @@ def compute(config: Config):
             args = (jnp.full((n, 1, 1), config.pos_cov), jnp.full((n, 1, 1), config.second_moment),
                     jnp.asarray(wds))
             result = gradient_flow(population_loss, params, args, batched=True)
-            measured = np.asarray(jax.vmap(measure.feature_weights)(result.params))[:, :, 0]  # (2W, L)
+            measured = measure.feature_weights_batch(result.params)[:, :, 0]  # (2W, L)
             predicted = np.stack([wd_theory.basin_weights(a, b, depth, float(w), float(s))[:, 0]
                                   for w, s in zip(wds, inits)])
             theory_wd = np.linspace(0.0, fractions.max() * 1.02, config.theory_points) * survival

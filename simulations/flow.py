@@ -414,7 +414,7 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
     # operations each would be a small program of its own, lowered and looked up in the
     # compilation cache in every process (about 20 ms apiece for a command's few dozen).
     zeros = np.zeros((batch,) if batched else (), dtype)
-    t_start = t_arm = jnp.asarray(zeros)
+    t_start = t_arm = jax.device_put(zeros)
     params, steps, restarts = params0, np.zeros(zeros.shape, np.int32), np.zeros(zeros.shape, np.int32)
     trajectory, min_curvature = None, np.full_like(zeros, np.nan)
     n_params = sum(int(np.prod(leaf.shape[1:] if batched else leaf.shape)) for leaf in leaves)
@@ -460,7 +460,7 @@ def gradient_flow(loss_fn: Callable, params0, args=None, *, times=None, options:
         # so far: plateaus of saddle-to-saddle dynamics scale with it, so at worst time doubles.
         with np.errstate(divide="ignore"):  # lam_min = 0 only where not escaping, as in JAX: no warning
             wait = np.minimum(options.escape_factor / np.abs(lam_min), t_final)
-        t_arm = jnp.asarray(np.where(escaping, t_final + wait, t_final))
+        t_arm = jax.device_put(np.where(escaping, t_final + wait, t_final))
     else:
         converged = converged & ~saddle
     return FlowResult(params=params, times=times, trajectory=trajectory, converged=converged,

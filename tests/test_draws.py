@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simulations.draws import normals
+from simulations.draws import normals, stream_key
 
 
 @pytest.mark.parametrize("x64", [False, True])
@@ -33,3 +33,13 @@ def test_normals_keep_each_draws_dtype():
 def test_normals_reject_mismatched_lengths():
     with pytest.raises(ValueError, match="keys, shapes and dtypes"):
         normals([jax.random.PRNGKey(0)], [(2,), (3,)])
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_stream_key_equals_fold_in_of_the_root_key_bit_for_bit(x64):
+    seeds = [0, 1, 12345, 2**31 - 1, -3] + ([2**31 + 5, 2**40 + 3] if x64 else [])
+    with jax.enable_x64(x64):
+        for seed in seeds:
+            for stream in (0, 1, 7):
+                np.testing.assert_array_equal(np.asarray(stream_key(seed, stream)),
+                                              np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), stream)))

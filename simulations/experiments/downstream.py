@@ -27,10 +27,10 @@ import sys
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from simulations import models
+from simulations.draws import stream_key
 from simulations.experiment import Command, Experiment, check_one_shape, point, run
 from simulations.experiments import weighting
 from simulations.flow import FlowOptions
@@ -228,10 +228,10 @@ def run_batch(configs, *, options: FlowOptions | None = None, place=None) -> Dow
     check_one_shape(EXPERIMENT, configs)
     trained, params = weighting.fit([c.weighting for c in configs], options=options, place=place)
     with jax.enable_x64(True):
-        keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(c.seed), _PROBE_STREAM) for c in configs])
-        b_ds = jnp.stack([jnp.asarray(c.downstream) for c in configs])
-        batch = (params, keys, b_ds, jnp.asarray([c.ridge for c in configs], dtype=b_ds.dtype),
-                 jnp.asarray([c.target for c in configs]))
+        keys = np.stack([np.asarray(stream_key(c.seed, _PROBE_STREAM)) for c in configs])
+        b_ds = np.stack([np.asarray(c.downstream, np.float64) for c in configs])
+        batch = (params, keys, b_ds, np.asarray([c.ridge for c in configs], dtype=b_ds.dtype),
+                 np.asarray([c.target for c in configs]))
         if place is not None:
             batch = place(batch)
         probes = LayerProbes(*(np.asarray(field) for field in probe_layers_batch(

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simulations import models
+from simulations.draws import stream_key
 from simulations.experiment import Command, Experiment, check_one_shape, run, stack
 from simulations.experiments.weighting import Diagnostics, flow_diagnostics, to_record
 from simulations.flow import FlowOptions, gradient_flow
@@ -189,14 +190,14 @@ def fit(configs: Sequence[ReweightingConfig], *, options: FlowOptions | None = N
     place = place or (lambda tree: tree)
     with jax.enable_x64(True):
         def initialize(config):
-            init_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)  # named split: 0 = initialization
+            init_key = stream_key(config.seed, 0)  # named split: 0 = initialization
             return models.init_linear(init_key, config.dim, config.widths, init=config.init,
                                       init_scale=config.init_scale)
 
-        params0 = stack([initialize(c) for c in configs])
-        args = (jnp.stack([jnp.diag(jnp.asarray(c.pos_cov)) for c in configs]),
-                jnp.stack([jnp.diag(jnp.asarray(c.second_moment)) for c in configs]),
-                jnp.asarray([c.kappa for c in configs], dtype=jnp.float64))
+        params0 = stack([tuple(np.asarray(W) for W in initialize(c)) for c in configs])
+        args = (np.stack([np.diag(np.asarray(c.pos_cov, np.float64)) for c in configs]),
+                np.stack([np.diag(np.asarray(c.second_moment, np.float64)) for c in configs]),
+                np.asarray([c.kappa for c in configs], dtype=np.float64))
         params0, args = place(params0), place(args)
         flow = gradient_flow(population_loss, params0, args, options=options or DEFAULT_OPTIONS, batched=True)
         pre, post, layers, head_map = (np.asarray(v) for v in jax.vmap(_measure)(flow.params, args[2]))

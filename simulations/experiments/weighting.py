@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from simulations import measure, models
-from simulations.experiment import Command, Experiment, check_one_shape, point, run, stack
+from simulations.draws import stream_key
+from simulations.experiment import Command, Experiment, check_one_shape, run, stack
 from simulations.flow import FlowOptions, gradient_flow
 from simulations.losses import spectral_population_loss, weight_decay_penalty
 from theory import linear as linear_theory
@@ -209,24 +209,25 @@ def fit(configs: Sequence[WeightingConfig], *, times=None, options: FlowOptions 
     first = configs[0]
     with jax.enable_x64(first.precision == "float64"):
         def initialize(seed, init_scale):
-            init_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)  # named split: 0 = initialization
+            init_key = stream_key(seed, 0)  # named split: 0 = initialization
             return models.init_linear(init_key, first.dim, first.widths, init=first.init, init_scale=init_scale)
 
-        params0 = [initialize(c.seed, c.init_scale) for c in configs]
-        params0 = stack(params0)
-        args = (jnp.stack([jnp.diag(jnp.asarray(c.pos_cov)) for c in configs]),
-                jnp.stack([jnp.diag(jnp.asarray(c.second_moment)) for c in configs]),
-                jnp.asarray([c.weight_decay for c in configs], dtype=params0[0].dtype))
+        # Host arrays (NumPy) between the programs: the same values as stacking on the device,
+        # without a small compiled program per operation and batch size.
+        params0 = stack([tuple(np.asarray(W) for W in initialize(c.seed, c.init_scale)) for c in configs])
+        dtype = params0[0].dtype
+        args = (np.stack([np.diag(np.asarray(c.pos_cov, dtype)) for c in configs]),
+                np.stack([np.diag(np.asarray(c.second_moment, dtype)) for c in configs]),
+                np.asarray([c.weight_decay for c in configs], dtype=dtype))
         if place is not None:
             params0, args = place(params0), place(args)
         flow = gradient_flow(population_loss, params0, args, times=times, options=options or DEFAULT_OPTIONS,
                              batched=True)
-        measured = np.asarray(jax.vmap(measure.feature_weights)(flow.params))
-        trajectory = None if times is None else np.asarray(jax.vmap(jax.vmap(measure.feature_weights))(flow.trajectory))
+        measured = measure.feature_weights_batch(flow.params)
+        trajectory = None if times is None else measure.trajectory_feature_weights(flow.trajectory)
         predictions = [predict(config) for config in configs]
         b = np.asarray([config.second_moment for config in configs])
-        effective_rank = np.stack([measure.effective_rank(point(flow.params, i), np.diag(b[i]))
-                                   for i in range(len(configs))])
+        effective_rank = measure.effective_rank_batch(flow.params, b)
         predicted_rank = np.stack([linear_theory.effective_rank(c.pos_cov, c.second_moment, c.depth, min(c.widths))
                                    if c.weight_decay == 0 else np.full(c.depth, np.nan) for c in configs])
     result = WeightingResult(

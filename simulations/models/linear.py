@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from simulations.draws import normals
 from simulations.matmul import matmul
@@ -93,10 +94,12 @@ def init_linear(key: jax.Array, input_dim: int, widths: Sequence[int], *,
     check_choice("init", init, INITS)
     dims = layer_dims(input_dim, widths)
     eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
+    # The scales in NumPy, in JAX's default float (the same IEEE operations as in JAX, no program).
+    dtype = jax.dtypes.canonicalize_dtype(np.float64)
     if init == "gaussian":  # eps / sqrt(fan-in) outside the program (as earlier versions computed it)
-        scales = jnp.stack([eps / jnp.sqrt(fan_in) for fan_in in dims[:-1]])
+        scales = np.asarray([dtype.type(eps) / np.sqrt(dtype.type(fan_in)) for fan_in in dims[:-1]], dtype)
     else:
-        scales = jnp.full(len(dims) - 1, eps)
+        scales = np.full(len(dims) - 1, eps, dtype)
     return _init_program(key, scales, dims, init)
 
 
