@@ -15,8 +15,9 @@ Keys (a stable interface; each value holds "ratio", "problem" and the raw times)
 Each holds "ratio_is_lower_bound" (true only when a NumPy run hit its time cap). The full run also
 reports "pixels_run": the default pixels experiment's wall time and images per second.
 Progress goes to stderr; stdout holds only the JSON. The JSON is also saved under bench/results/
-(or --out) with the machine description and the compilation cache's state (two ratios count
-compilation: a warm cache makes them loads; --cold turns the cache off).
+(or --out) with the machine description, the code that ran (library version, git commit) and
+the compilation cache's state (two ratios count compilation: a warm cache makes them loads;
+--cold turns the cache off).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import CONTRACT_KEYS, bench_pixels, machine, save_report, summary_lines
+from bench.report import CONTRACT_KEYS, bench_pixels, code, machine, save_report, summary_lines
 from simulations.cli import OneLineArgumentParser, fail
 from simulations.runtime import configure_entry_point
 
@@ -355,7 +356,7 @@ def main(argv=None) -> int:
         return fail("python -m bench", ValueError(f"--python-calls must be in 1..{points}, got {python_calls}"))
     parts = args.only or [*CONTRACT_KEYS, *([] if args.quick else ["pixels_run"])]
     started = time.perf_counter()
-    report = {"machine": machine(), "quick": args.quick, "compilation_cache": use_cache,
+    report = {"machine": machine(), "code": code(), "quick": args.quick, "compilation_cache": use_cache,
               # Times "with compile" of a --quick run on a warm cache are mostly cache loads (the
               # library's first weighting call: ~5 s on an empty cache, ~1 s warm, on 2 cores).
               "compilation_cache_entries_at_start": _cache_entries() if use_cache else None,

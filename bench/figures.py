@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.report import machine, save_report
+from bench.report import code, machine, save_report
 from figures.__main__ import THEORY, figure_names
 from simulations.cli import OneLineArgumentParser
 from simulations.runtime import CACHE_ENV
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     if skip - set(PARTS):
         parser.error(f"--skip must name parts among {list(PARTS)}, got {args.skip!r}")
     started = time.perf_counter()
-    report = {"machine": machine(), "targets_s": TARGETS}
+    report = {"machine": machine(), "code": code(), "targets_s": TARGETS}
     with tempfile.TemporaryDirectory(prefix="bench-figures-") as scratch:
         for part, run in (("figures", bench_figures), ("quick", bench_quick), ("commands", bench_commands)):
             if part not in skip:

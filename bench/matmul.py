@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bench.report import machine, save_report
+from bench.report import code, machine, save_report
 from simulations.cli import OneLineArgumentParser
 from simulations.runtime import configure_entry_point
 
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-save", action="store_true", help="do not save the JSON")
     args = parser.parse_args(argv)
     configure_entry_point(cache=False)
-    report = {"machine": machine()}
+    report = {"machine": machine(), "code": code()}
     for name, measure in (("product", product_costs), ("loss", loss_costs), ("solve", solve_costs)):
         print(f"[bench.matmul] {name} ...", file=sys.stderr, flush=True)
         report[name] = measure()

@@ -44,6 +44,15 @@ def machine() -> dict:
     }
 
 
+def code() -> dict:
+    """Which code ran: the library's version, its git commit and whether the checkout had uncommitted
+    changes (runs of two versions on one host sit side by side under bench/results), and XLA_FLAGS."""
+    from simulations.results import provenance
+
+    record = provenance()
+    return {key: record[key] for key in ("library_version", "git_commit", "git_dirty", "xla_flags")}
+
+
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of /proc/cpuinfo ({} where there is none, e.g. macOS)."""
     info = {}
@@ -105,6 +114,11 @@ def summary_lines(report: dict) -> list[str]:
                  f"{host.get('cpu_vector_extension')}), {host.get('cpu_cores_usable')} cores, "
                  f"load average at start {host.get('load_average_1_5_15')}, jax {host.get('jax_version')}, "
                  f"{host.get('device_kind')} x {host.get('device_count')}")
+    if "code" in report:
+        ran = report["code"]
+        commit = ran.get("git_commit")
+        lines.append(f"code: projection-head-theory {ran.get('library_version')}, git commit "
+                     f"{commit[:12] if commit else None}{' with uncommitted changes' if ran.get('git_dirty') else ''}")
     if "compilation_cache" in report:
         entries = report.get("compilation_cache_entries_at_start")
         if not report["compilation_cache"]:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import simulations
 from bench.numpy_baseline import feature_weights, gradient_descent, loss_gradient
 from bench.problems import PINNED_PROBLEM, QUICK_PROBLEM, hessian_lambda_max, largest_stable_step
 from bench.report import CONTRACT_KEYS
@@ -144,6 +145,10 @@ def test_cli_quick_json_contract(tmp_path):
     assert machine["jax_version"] == jax.__version__
     assert machine["cpu_model"] and machine["cpu_cores_usable"] >= 1 and len(machine["load_average_1_5_15"]) == 3
     assert {"cpu_family_model", "cpu_mhz", "cpu_vector_extension"} <= set(machine)
+    # which code ran: runs of two versions on one host sit side by side under bench/results
+    assert report["code"]["library_version"] == simulations.__version__
+    assert set(report["code"]) == {"library_version", "git_commit", "git_dirty", "xla_flags"}
+    assert f"code: projection-head-theory {simulations.__version__}" in completed.stderr
     # --quick uses the compilation cache and says how full it was (a warm cache turns "with compile" into loads).
     assert report["compilation_cache"] is True and report["compilation_cache_entries_at_start"] >= 0
     assert "compilation cache: on, " in completed.stderr
