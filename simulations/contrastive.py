@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from simulations import draws
 from simulations.probe import normalize_representation, ridge_probe
 from simulations.train import descend
 
@@ -45,7 +46,7 @@ def pretrain(loss_fn: Callable, params0, sample_pairs: Callable, key: jax.Array,
     """
     descent = descend(lambda params, pair: loss_fn(params, *pair), params0, steps=steps, record_every=record_every,
                       optimizer=optax.adam(learning_rate), record_params=False,
-                      batch=lambda step: sample_pairs(jax.random.fold_in(key, step), batch_size))
+                      batch=lambda step: sample_pairs(draws.fold_in(key, step), batch_size))
     return Pretraining(descent.params, descent.losses)
 
 

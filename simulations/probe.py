@@ -34,7 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from simulations import serial_linalg
+from simulations import draws, serial_linalg
 from simulations.models import layer_maps
 from theory.checks import check_float
 from theory.downstream import population_ridge_risk  # noqa: F401  (re-exported population twin)
@@ -255,8 +255,8 @@ def sample_downstream(key: jax.Array, downstream_second_moment, n: int) -> jax.A
 def _probe_data(key, b_ds, target, n_train, n_test):
     """Probe inputs and standardized target x_j / sqrt(b_j) (train from stream 0, test from 1), and
     the normalization floor for an empty layer."""
-    x_train = sample_downstream(jax.random.fold_in(key, _TRAIN_STREAM), b_ds, n_train)
-    x_test = sample_downstream(jax.random.fold_in(key, _TEST_STREAM), b_ds, n_test)
+    x_train = sample_downstream(draws.fold_in(key, _TRAIN_STREAM), b_ds, n_train)
+    x_test = sample_downstream(draws.fold_in(key, _TEST_STREAM), b_ds, n_test)
     scale = jnp.sqrt(b_ds[target])
     return x_train, x_train[:, target] / scale, x_test, x_test[:, target] / scale, _EMPTY_LAYER_FRACTION * jnp.sum(b_ds)
 

@@ -158,7 +158,7 @@ def train(objective: Callable, params0, *, steps: int, record_every: int = 100, 
         pairs = data.preset_pairs("correlated", 3, strength=0.5)
         out = train(lambda p, xy: losses.spectral_loss(*(models.apply_linear(p, v)[-1] for v in xy)),
                     params0, steps=1000, learning_rate=0.01,
-                    batch=lambda step: pairs.sample_pairs(jax.random.fold_in(key, step), 256))
+                    batch=lambda step: pairs.sample_pairs(draws.fold_in(key, step), 256))
 
     Raises:
         ValueError: a bad argument (named).

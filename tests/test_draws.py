@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simulations.draws import normals, stream_key
+from simulations.draws import fold_in, normals, split, stream_key
 
 
 @pytest.mark.parametrize("x64", [False, True])
@@ -43,3 +43,18 @@ def test_stream_key_equals_fold_in_of_the_root_key_bit_for_bit(x64):
             for stream in (0, 1, 7):
                 np.testing.assert_array_equal(np.asarray(stream_key(seed, stream)),
                                               np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), stream)))
+
+
+@pytest.mark.parametrize(("ours", "theirs", "argument"), [(split, jax.random.split, 3),
+                                                      (fold_in, jax.random.fold_in, 11)])
+def test_split_and_fold_in_equal_jax_random_and_keep_keys_apart_in_programs(ours, theirs, argument):
+    key = jax.random.PRNGKey(5)
+    want = np.asarray(theirs(key, argument))
+    np.testing.assert_array_equal(np.asarray(ours(key, argument)), want)  # eagerly
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda k: ours(k, argument))(key)), want)
+    batch = jnp.stack([key, jax.random.PRNGKey(6)])
+    np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(lambda k: ours(k, argument)))(batch)),
+                                  np.asarray(jax.vmap(lambda k: theirs(k, argument))(batch)))
+    # inside a program the keys sit behind an optimization barrier (what makes the draws compile faster)
+    assert "optimization_barrier" in str(jax.make_jaxpr(lambda k: ours(k, argument))(key))
+    assert "optimization_barrier" not in str(jax.make_jaxpr(lambda k: theirs(k, argument))(key))

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simulations import draws
+
 #: The bundled colour photos (package, loader name) used as classes, in class order.
 PHOTOS = (("sklearn", "china.jpg"), ("sklearn", "flower.jpg"), ("skimage", "astronaut"), ("skimage", "chelsea"),
           ("skimage", "coffee"), ("skimage", "rocket"), ("skimage", "hubble_deep_field"), ("skimage", "retina"),
@@ -221,7 +223,7 @@ def render(bank: ImageBank, samples: Samples, key: jax.Array | None, *, image_si
 
 def view_pairs(bank: ImageBank, key: jax.Array, n: int, *, image_size: int, p_drop, strength):
     """Two augmented views of n fresh training samples: (x, x_pos), each (n, image_size, image_size, 3)."""
-    k_samples, k_first, k_second = jax.random.split(key, 3)
+    k_samples, k_first, k_second = draws.split(key, 3)
     samples = draw_samples(bank, k_samples, n)
     first = render(bank, samples, k_first, image_size=image_size, p_drop=p_drop, strength=strength)
     second = render(bank, samples, k_second, image_size=image_size, p_drop=p_drop, strength=strength)

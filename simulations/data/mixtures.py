@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simulations import draws
 from theory.checks import check_float, check_int
 
 
@@ -82,9 +83,9 @@ def sample(mixture: Mixture, key: jax.Array, n: int, *, augment_std=0.0) -> Samp
     means = jnp.asarray(mixture.means)
     weights = jnp.asarray(mixture.weights)
     logits = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
-    component = jax.random.categorical(jax.random.fold_in(key, 0), logits, shape=(n,))
+    component = jax.random.categorical(draws.fold_in(key, 0), logits, shape=(n,))
     scale = jnp.sqrt(jnp.asarray(mixture.noise_std) ** 2 + jnp.asarray(augment_std) ** 2)
-    noise = jax.random.normal(jax.random.fold_in(key, 1), (n, means.shape[1]), means.dtype)
+    noise = jax.random.normal(draws.fold_in(key, 1), (n, means.shape[1]), means.dtype)
     x = means[component] + scale.reshape((1,) * (noise.ndim - scale.ndim) + scale.shape) * noise
     return Samples(x, jnp.asarray(mixture.coarse)[component], jnp.asarray(mixture.fine)[component],
                    jnp.asarray(mixture.group)[component])

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simulations import draws
 from theory.checks import as_finite_array, check_choice, check_float, check_int
 from theory.moments import validate_moments
 
@@ -290,7 +291,7 @@ class AugmentedPairs:
     def sample_pairs(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
         """Draw n independent pairs of views.
 
-        Product distributions: feature i uses key jax.random.split(key, d)[i], so column i equals
+        Product distributions: feature i uses key draws.split(key, d)[i], so column i equals
         features[i].sample_pairs(that key, n). Gaussian pairs: with u ~ N(0, B + A) and
         v ~ N(0, B - A) independent, x = (u + v)/sqrt(2), x+ = (u - v)/sqrt(2) has
         E[x x^T] = E[x+ x+^T] = B and E[x x+^T] = A, i.e. joint covariance [[B, A], [A, B]]
@@ -318,7 +319,7 @@ class AugmentedPairs:
 def _sample_gaussian(key, root_sum, root_difference, *, n):
     """x = (u + v)/sqrt(2), x+ = (u - v)/sqrt(2), u = root_sum g1, v = root_difference g2."""
     dtype = root_sum.dtype
-    key_sum, key_difference = jax.random.split(key)
+    key_sum, key_difference = draws.split(key)
     u = jax.random.normal(key_sum, (n, root_sum.shape[0]), dtype) @ root_sum.T
     v = jax.random.normal(key_difference, (n, root_sum.shape[0]), dtype) @ root_difference.T
     return (u + v) / np.sqrt(2.0), (u - v) / np.sqrt(2.0)
@@ -327,7 +328,7 @@ def _sample_gaussian(key, root_sum, root_difference, *, n):
 @functools.partial(jax.jit, static_argnames=("n", "kinds"))
 def sample_product(key, stds, strengths, *, n, kinds):
     """Independent features; feature i of kind kinds[i] uses jax.random.split(key, d)[i]."""
-    keys = jax.random.split(key, len(kinds))
+    keys = draws.split(key, len(kinds))
     order, xs, x_poss = [], [], []
     # One vmapped draw per kind rather than one traced op per feature.
     for kind in dict.fromkeys(kinds):

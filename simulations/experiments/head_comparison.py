@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import data
+from simulations import data, draws
 from simulations.data import mixtures as sdata
 from simulations.experiment import run
 from simulations.experiments import nonlinear, nonlinear_common, supervised
@@ -66,7 +66,7 @@ def compare_nonlinear(kappas: Sequence[float] = (1.0, 1.05, 1.5, 2.0, 3.0), *, c
 
         def train_and_probe(params0, represent):
             """Same minibatches and probes as `nonlinear`; represent(params, x) -> (h, z)."""
-            train_key = jax.random.fold_in(key, 1)  # nonlinear's training stream
+            train_key = draws.fold_in(key, 1)  # nonlinear's training stream
 
             def loss(params, pairs):
                 x, x_pos = pairs
@@ -74,11 +74,11 @@ def compare_nonlinear(kappas: Sequence[float] = (1.0, 1.05, 1.5, 2.0, 3.0), *, c
 
             params = descend(loss, params0, steps=steps, learning_rate=config.learning_rate,
                              weight_decay=config.weight_decay, record_params=False,
-                             batch=lambda index: data.sample_product(jax.random.fold_in(train_key, index), stds,
+                             batch=lambda index: data.sample_product(draws.fold_in(train_key, index), stds,
                                                                      strengths, n=batch, kinds=kinds)).params
-            x_train = data.sample_product(jax.random.fold_in(key, 2), stds, strengths, n=config.n_train,
+            x_train = data.sample_product(draws.fold_in(key, 2), stds, strengths, n=config.n_train,
                                           kinds=kinds)[0]
-            x_test = data.sample_product(jax.random.fold_in(key, 3), stds, strengths, n=config.n_test,
+            x_test = data.sample_product(draws.fold_in(key, 3), stds, strengths, n=config.n_test,
                                          kinds=kinds)[0]
             layers = []
             for reps_train, reps_test in zip(represent(params, x_train), represent(params, x_test)):
@@ -91,7 +91,7 @@ def compare_nonlinear(kappas: Sequence[float] = (1.0, 1.05, 1.5, 2.0, 3.0), *, c
             return train_and_probe(encoder0, lambda params, x: heads.apply_with_fixed_head(params, x, kappa))
 
         # Learned ReLU head on the same encoder: z = V relu(U h), U (m, m), V (k, m), N(0, eps^2/fan_in).
-        head_key = jax.random.fold_in(jax.random.fold_in(key, 0), RELU_HEAD_STREAM)
+        head_key = draws.fold_in(draws.fold_in(key, 0), RELU_HEAD_STREAM)
         mlp0 = (encoder0, *init_head(head_key, config.hidden_width, config.hidden_width, config.head_width,
                                      init_scale=config.init_scale))
         relu_head_r2 = np.asarray(jax.jit(lambda p: train_and_probe(p, apply_with_relu_head))(mlp0))
@@ -131,7 +131,7 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
         key = jax.random.PRNGKey(config.seed)
 
         train_mixture, eval_mixture = sdata.task_mixtures(config.task, config.dim, config.num_classes, hp)
-        init_key = jax.random.fold_in(key, common.INIT_STREAM)
+        init_key = draws.fold_in(key, common.INIT_STREAM)
         net, _ = common.init_networks(init_key, dim=config.dim, width=config.width, head_dim=config.head_dim,
                                       num_classes=config.num_classes, init_scale=hp["init_scale"],
                                       classifier_init_scale=hp["classifier_init_scale"])
@@ -150,15 +150,15 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
                 z = represent(encoder, batch.x)[1]
                 return common.loss_value(config.loss, z, classifier, batch.coarse, weights, hp["temperature"])
 
-            train_key = jax.random.fold_in(key, common.TRAIN_STREAM)
+            train_key = draws.fold_in(key, common.TRAIN_STREAM)
             encoder, _ = descend(objective, params0, steps=config.steps, learning_rate=hp["learning_rate"],
                                  weight_decay=hp["weight_decay"], decayed=lambda params: params[0],
                                  record_params=False,
-                                 batch=lambda index: sdata.sample(train_mixture, jax.random.fold_in(train_key, index),
+                                 batch=lambda index: sdata.sample(train_mixture, draws.fold_in(train_key, index),
                                                                   config.batch_size, augment_std=hp["augment_std"])
                                  ).params
-            train = sdata.sample(eval_mixture, jax.random.fold_in(key, common.PROBE_TRAIN_STREAM), config.n_probe)
-            test = sdata.sample(eval_mixture, jax.random.fold_in(key, common.PROBE_TEST_STREAM), config.n_test)
+            train = sdata.sample(eval_mixture, draws.fold_in(key, common.PROBE_TRAIN_STREAM), config.n_probe)
+            test = sdata.sample(eval_mixture, draws.fold_in(key, common.PROBE_TEST_STREAM), config.n_test)
             out = {}
             for name, (f_train, f_test) in zip(("input", "pre", "post"), (
                     (train.x, test.x), *zip(represent(encoder, train.x), represent(encoder, test.x)))):
@@ -172,7 +172,7 @@ def compare_supervised(kappas: Sequence[float] = (1.0, 1.2, 1.5, 2.0), *, config
                                   lambda encoder, x: heads.apply_with_fixed_head(encoder, x, kappa))
 
         # Learned ReLU head: z = V relu(U h), U (m, m), V (head_dim, m), N(0, init_scale^2 / fan_in).
-        mlp0 = (heads.relu_encoder(net), *init_head(jax.random.fold_in(init_key, RELU_HEAD_STREAM), config.width,
+        mlp0 = (heads.relu_encoder(net), *init_head(draws.fold_in(init_key, RELU_HEAD_STREAM), config.width,
                                                     config.width, config.head_dim, init_scale=hp["init_scale"]))
         relu_head = jax.tree_util.tree_map(np.asarray, jax.jit(lambda p: train_and_read(p, apply_with_relu_head))(
             (mlp0, classifier0(config.head_dim))))

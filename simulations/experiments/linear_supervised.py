@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simulations import draws, models
 from simulations import losses as slosses
-from simulations import models
 from simulations.data import mixtures as sdata
 from theory import supervised as supervised_theory
 from theory.checks import check_choice, check_float, check_int
@@ -131,7 +131,7 @@ def run_linear_supervised(config: LinearSupervisedConfig, *, options=None) -> di
         else:
             M = supervised_theory.class_cross_moment(m.means, m.weights, m.coarse, config.num_classes)
             loss_fn, args = _linear_squared_loss, (jnp.asarray(M), jnp.asarray(B))
-        params0 = models.init_balanced(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0), config.dim,
+        params0 = models.init_balanced(draws.fold_in(jax.random.PRNGKey(config.seed), 0), config.dim,
                                        config.widths, init_scale=config.init_scale)
         flow = gradient_flow(loss_fn, params0, args, options=options)
         grams = np.stack([np.asarray(P.T @ P) for P in models.layer_maps(flow.params)])

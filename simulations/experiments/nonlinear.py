@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import data
+from simulations import data, draws
 from simulations.experiment import Command, Experiment, check_one_shape, stack
 from simulations.experiments import nonlinear_common as common
 from simulations.experiments.nonlinear_common import ATTRIBUTES, LAYERS, NETS, NonlinearResult, initialize, predict
@@ -181,7 +181,7 @@ def _program(params0, key, learning_rate, weight_decay, stds, strengths, ridge, 
     contrastive = common.pair_loss(loss, temperature)
 
     def one(params0, key, learning_rate, weight_decay, stds, strengths, ridge):
-        train_key = jax.random.fold_in(key, common.TRAIN_STREAM)
+        train_key = draws.fold_in(key, common.TRAIN_STREAM)
 
         def objective(params, pairs):
             x, x_pos = pairs
@@ -191,7 +191,7 @@ def _program(params0, key, learning_rate, weight_decay, stds, strengths, ridge, 
 
         out = descend(objective, params0, steps=steps, record_every=record_every, learning_rate=learning_rate,
                       weight_decay=weight_decay, has_aux=True, batch=lambda index: data.sample_product(
-                          jax.random.fold_in(train_key, index), stds, strengths, n=batch_size, kinds=kinds))
+                          draws.fold_in(train_key, index), stds, strengths, n=batch_size, kinds=kinds))
         r2 = common.probe_all(out.params, key, stds, strengths, ridge, kinds=kinds, n_train=n_train, n_test=n_test)
         return out, r2
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import data
+from simulations import data, draws
 from simulations.losses import info_nce_loss, spectral_loss
 from simulations.models import relu
 from simulations.probe import normalized_ridge_probe
@@ -61,9 +61,9 @@ def pair_loss(kind: str, temperature=None):
 
 def probe_all(params, key, stds, strengths, ridge, *, kinds, n_train, n_test):
     """R^2 (nets, layers, attributes, d) of the normalized ridge probe on fresh test inputs."""
-    x_train = data.sample_product(jax.random.fold_in(key, PROBE_TRAIN_STREAM), stds, strengths,
+    x_train = data.sample_product(draws.fold_in(key, PROBE_TRAIN_STREAM), stds, strengths,
                                   n=n_train, kinds=kinds)[0]
-    x_test = data.sample_product(jax.random.fold_in(key, PROBE_TEST_STREAM), stds, strengths,
+    x_test = data.sample_product(draws.fold_in(key, PROBE_TEST_STREAM), stds, strengths,
                                  n=n_test, kinds=kinds)[0]
     # Targets (attributes, d): one vmapped probe per representation keeps the compiled program small.
     targets_train = jnp.stack([x_train.T, jnp.abs(x_train).T])
@@ -152,8 +152,8 @@ class NonlinearResult(NamedTuple):
 
 def initialize(config) -> NonlinearParams:
     """Both nets at init; the linear net uses the full ReLU net's init law."""
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), INIT_STREAM)
-    key_relu, key_linear = jax.random.split(key)
+    key = draws.fold_in(jax.random.PRNGKey(config.seed), INIT_STREAM)
+    key_relu, key_linear = draws.split(key)
     if config.network == "diagonal":
         relu_params = relu.init_diagonal_relu_paired(key_relu, config.dim, config.group, config.head_width,
                                                      init_scale=config.init_scale)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simulations import contrastive
+from simulations import contrastive, draws
 from simulations.data import datasets, images
 from simulations.experiment import Command, Experiment, check_one_shape
 from simulations.losses import spectral_loss
@@ -184,7 +184,7 @@ def _one_run(bank, hyper, key, data, config: PixelsConfig, num_classes: int):
     """One seed: init, probe, pretrain, probe. ``hyper`` holds the traced fields (see run_batch)."""
     p_drop, strength, head, kappa, temperature, learning_rate, ridge = hyper
     net = functools.partial(encoders.apply, head=head.astype(jnp.int32), kappa=kappa)
-    params0 = encoders.init(jax.random.fold_in(key, _INIT_STREAM), encoder=config.encoder, image_size=config.image_size,
+    params0 = encoders.init(draws.fold_in(key, _INIT_STREAM), encoder=config.encoder, image_size=config.image_size,
                             width=config.width, channels=config.channels, rep_dim=config.rep_dim)
 
     def sample_pairs(batch_key, n):
@@ -196,7 +196,7 @@ def _one_run(bank, hyper, key, data, config: PixelsConfig, num_classes: int):
             return spectral_loss(z[: x.shape[0]], z[x.shape[0]:])
         return optax.losses.ntxent(z, jnp.tile(jnp.arange(x.shape[0]), 2), temperature)
 
-    trained = contrastive.pretrain(loss_fn, params0, sample_pairs, jax.random.fold_in(key, _TRAIN_STREAM),
+    trained = contrastive.pretrain(loss_fn, params0, sample_pairs, draws.fold_in(key, _TRAIN_STREAM),
                                    learning_rate=learning_rate, steps=config.steps, batch_size=config.batch_size,
                                    record_every=config.record_every)
 
@@ -217,9 +217,9 @@ def _program(bank, hyper, keys, *, config: PixelsConfig):
     """Every (point, seed) run of one shape, vmapped: hyper (P, 7) traced fields, keys (P, 2) root keys."""
     def point(hyper_p, root):
         draw = functools.partial(images.probe_images, bank, image_size=config.image_size, strength=hyper_p[1])
-        data = (draw(jax.random.fold_in(root, _PROBE_TRAIN_STREAM), config.n_probe_train, test=False),
-                draw(jax.random.fold_in(root, _PROBE_TEST_STREAM), config.n_probe_test, test=True))
-        seed_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(root, _SEED_STREAM), s))(
+        data = (draw(draws.fold_in(root, _PROBE_TRAIN_STREAM), config.n_probe_train, test=False),
+                draw(draws.fold_in(root, _PROBE_TEST_STREAM), config.n_probe_test, test=True))
+        seed_keys = jax.vmap(lambda s: draws.fold_in(draws.fold_in(root, _SEED_STREAM), s))(
             jnp.arange(config.seeds))
         return jax.vmap(lambda k: _one_run(bank, hyper_p, k, data, config, bank.num_classes))(seed_keys)
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import models, serial_linalg
+from simulations import draws, models, serial_linalg
 from simulations.experiment import Command, Experiment, check_one_shape
 from simulations.experiments.weighting import population_loss  # the same loss: the same compiled flow
 from simulations.flow import gradient_flow
@@ -183,10 +183,10 @@ def _entropy_rank(values):
 def _measure(params, key, downstream_root, pretraining_root, target, ridge, *, n_train, n_test):
     """Probe risk, RankMe and effective rank at every layer of one net (vmapped over points)."""
     d = downstream_root.shape[0]
-    probe_key, rankme_key = jax.random.fold_in(key, _PROBE_STREAM), jax.random.fold_in(key, _RANKME_STREAM)
+    probe_key, rankme_key = draws.fold_in(key, _PROBE_STREAM), draws.fold_in(key, _RANKME_STREAM)
     dtype = downstream_root.dtype
-    x_train = jax.random.normal(jax.random.fold_in(probe_key, _TRAIN_STREAM), (n_train, d), dtype) @ downstream_root.T
-    x_test = jax.random.normal(jax.random.fold_in(probe_key, _TEST_STREAM), (n_test, d), dtype) @ downstream_root.T
+    x_train = jax.random.normal(draws.fold_in(probe_key, _TRAIN_STREAM), (n_train, d), dtype) @ downstream_root.T
+    x_test = jax.random.normal(draws.fold_in(probe_key, _TEST_STREAM), (n_test, d), dtype) @ downstream_root.T
     x_pre = jax.random.normal(rankme_key, (n_train, d), dtype) @ pretraining_root.T
     scale = jnp.sqrt(jnp.sum(downstream_root[target] ** 2))  # sqrt(Sigma_ds_jj)
     y_train, y_test = x_train[:, target] / scale, x_test[:, target] / scale
@@ -217,7 +217,7 @@ def run_batch(configs, *, place=None) -> ReadoutResult:
     d, depth = first.dim, first.depth
     with jax.enable_x64(True):
         roots = [jax.random.PRNGKey(c.seed) for c in configs]
-        unit = jax.vmap(lambda key: models.init_linear(jax.random.fold_in(key, _INIT_STREAM), d, (d,) * depth,
+        unit = jax.vmap(lambda key: models.init_linear(draws.fold_in(key, _INIT_STREAM), d, (d,) * depth,
                                                        init=first.init, init_scale=1.0))(jnp.stack(roots))
         scales = jnp.asarray([c.init_scale for c in configs])  # both inits are linear in their scale
         params0 = tuple(w * scales[:, None, None] for w in unit)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simulations import draws
 from simulations import losses as slosses
 from simulations.data import mixtures as sdata
 from simulations.data.mixtures import TASKS
@@ -153,11 +154,11 @@ def shape_key(config: SupervisedConfig) -> tuple:
 def _point(config, key, hp):
     """Train one network and measure it (traced in key and hp; vmapped over points)."""
     train_mixture, eval_mixture = sdata.task_mixtures(config.task, config.dim, config.num_classes, hp)
-    params0 = common.init_networks(jax.random.fold_in(key, common.INIT_STREAM), dim=config.dim, width=config.width,
+    params0 = common.init_networks(draws.fold_in(key, common.INIT_STREAM), dim=config.dim, width=config.width,
                                    head_dim=config.head_dim, num_classes=config.num_classes,
                                    init_scale=hp["init_scale"], classifier_init_scale=hp["classifier_init_scale"])
     class_weights = sdata.class_weights(train_mixture, config.num_classes)
-    train_key = jax.random.fold_in(key, common.TRAIN_STREAM)
+    train_key = draws.fold_in(key, common.TRAIN_STREAM)
 
     def objective(params, batch):
         net, classifier = params
@@ -169,7 +170,7 @@ def _point(config, key, hp):
     trained = descend(objective, params0, steps=config.steps, record_every=RECORD_EVERY,
                       learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"],
                       decayed=lambda params: params[0], record="mean", record_params=False,
-                      batch=lambda index: sdata.sample(train_mixture, jax.random.fold_in(train_key, index),
+                      batch=lambda index: sdata.sample(train_mixture, draws.fold_in(train_key, index),
                                                        config.batch_size, augment_std=hp["augment_std"]))
     net, classifier = trained.params
     measured = common.measure(net, classifier, eval_mixture, key, hp, task=config.task, dim=config.dim,

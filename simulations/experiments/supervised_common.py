@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simulations import losses, serial_linalg
+from simulations import draws, losses, serial_linalg
 from simulations.data import mixtures as sdata
 from simulations.models import relu
 from simulations.probe import normalize_representation, ridge_probe
@@ -35,7 +35,7 @@ def init_networks(key, *, dim: int, width: int, head_dim: int, num_classes: int,
     The network is simulations.models.relu.init_relu at scale 1 times ``init_scale`` (entries
     N(0, eps^2 / fan_in)); the classifier (U (C, k), b (C,)) has U ~ N(0, scale^2 / k), b = 0.
     """
-    net = relu.init_relu(jax.random.fold_in(key, 0), dim, width, head_dim, init_scale=1.0)
+    net = relu.init_relu(draws.fold_in(key, 0), dim, width, head_dim, init_scale=1.0)
     net = jax.tree_util.tree_map(lambda leaf: init_scale * leaf, net)
     return net, init_classifier(key, head_dim, num_classes, classifier_init_scale)
 
@@ -43,7 +43,7 @@ def init_networks(key, *, dim: int, width: int, head_dim: int, num_classes: int,
 def init_classifier(key, width: int, num_classes: int, classifier_init_scale):
     """A linear classifier on z of ``width`` entries, drawn from stream 1 of ``key``."""
     return (classifier_init_scale / np.sqrt(width)
-            * jax.random.normal(jax.random.fold_in(key, 1), (num_classes, width)), jnp.zeros(num_classes))
+            * jax.random.normal(draws.fold_in(key, 1), (num_classes, width)), jnp.zeros(num_classes))
 
 
 def apply_network(net: relu.ReLUParams, x: jax.Array, network="relu") -> tuple[jax.Array, jax.Array]:
@@ -192,8 +192,8 @@ def measure(net, classifier, eval_mixture, key, hp, *, task, dim, num_classes, w
         (input, pre, post :class:`LayerReadouts`, :class:`HeadWeights`, worst-group accuracy of the
         trained classifier on z).
     """
-    train = sdata.sample(eval_mixture, jax.random.fold_in(key, PROBE_TRAIN_STREAM), n_probe)
-    test = sdata.sample(eval_mixture, jax.random.fold_in(key, PROBE_TEST_STREAM), n_test)
+    train = sdata.sample(eval_mixture, draws.fold_in(key, PROBE_TRAIN_STREAM), n_probe)
+    test = sdata.sample(eval_mixture, draws.fold_in(key, PROBE_TEST_STREAM), n_test)
     h_train, z_train = apply_network(net, train.x, hp["linear"])
     h_test, z_test = apply_network(net, test.x, hp["linear"])
     num_groups = sdata.num_groups(task, dim, num_classes)

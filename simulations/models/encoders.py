@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from simulations import draws
 from simulations.models.heads import head_scales
 
 ENCODERS = ("mlp", "conv")
@@ -77,7 +78,7 @@ def init(key: jax.Array, *, encoder: str, image_size: int, width: int, channels:
     """
     if encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {list(ENCODERS)}, got {encoder!r}")
-    keys = jax.random.split(key, 5)
+    keys = draws.split(key, 5)
     if encoder == "mlp":
         layers = (_dense(keys[0], 3 * image_size**2, width, 2.0), _dense(keys[1], width, rep_dim, 2.0))
     else:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simulations import draws
 from simulations.draws import normals
 from simulations.matmul import matmul
 from simulations.programs import stored_jit
@@ -108,12 +109,12 @@ def _init_program(key: jax.Array, scales: jax.Array, dims: tuple[int, ...], init
     layers = range(len(dims) - 1)
     if init == "balanced":
         k = min(dims)
-        keys = jax.random.split(key, len(dims))
+        keys = draws.split(key, len(dims))
         gaussians = normals(list(keys), [(rows, rows) for rows in dims])
         frames = [_random_orthonormal(gaussian, k) for gaussian in gaussians]
         return tuple(scales[l] * frames[l + 1] @ frames[l].T for l in layers)
     if init == "gaussian":
-        keys = jax.random.split(key, len(dims) - 1)
+        keys = draws.split(key, len(dims) - 1)
         gaussians = normals(list(keys), [(dims[l + 1], dims[l]) for l in layers])
         # The barrier keeps XLA from fusing the scaling into the sampler, which rounds differently
         # from sampling and then scaling (the numbers of earlier versions, which ran them apart).

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from simulations import draws
 from theory.checks import check_float, check_int
 
 #: Default per-layer scale of the small Gaussian initialization (fan-in scaled, as for linear nets).
@@ -77,7 +78,7 @@ def init_relu(key: jax.Array, input_dim: int, width: int, output_dim: int, *,
     m = check_int("width", width, minimum=1)
     k = check_int("output_dim", output_dim, minimum=1)
     eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
-    key_encoder, key_head = jax.random.split(key)
+    key_encoder, key_head = draws.split(key)
     encoder = eps / jnp.sqrt(d) * jax.random.normal(key_encoder, (m, d))
     head = eps / jnp.sqrt(m) * jax.random.normal(key_head, (k, m))
     return ReLUParams(encoder, jnp.zeros(m) if bias else None, head)
@@ -99,7 +100,7 @@ def init_diagonal_relu(key: jax.Array, input_dim: int, group: int, output_dim: i
     g = check_int("group", group, minimum=1)
     k = check_int("output_dim", output_dim, minimum=1)
     eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
-    key_encoder, key_head = jax.random.split(key)
+    key_encoder, key_head = draws.split(key)
     encoder = eps * jax.random.normal(key_encoder, (d, g))
     head = eps / jnp.sqrt(d * g) * jax.random.normal(key_head, (k, d * g))
     return DiagonalReLUParams(encoder, jnp.zeros((d, g)) if bias else None, head)

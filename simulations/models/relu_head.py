@@ -32,6 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from simulations import draws
 from simulations.matmul import matmul, sandwich
 from theory.checks import check_float, check_int
 
@@ -65,7 +66,7 @@ def init_relu_head(key: jax.Array, input_dim: int, width: int, hidden_width: int
     q = check_int("hidden_width", hidden_width, minimum=1)
     k = check_int("output_dim", output_dim, minimum=1)
     eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
-    keys = jax.random.split(key, 3)
+    keys = draws.split(key, 3)
     shapes = ((m, d), (q, m), (k, q))
     return ReLUHeadParams(*(eps / jnp.sqrt(shape[1]) * jax.random.normal(sub, shape)
                             for sub, shape in zip(keys, shapes)))
@@ -77,7 +78,7 @@ def init_head(key: jax.Array, width: int, hidden_width: int, output_dim: int, *,
 
     ``init_scale`` may be traced. (:func:`init_relu_head` draws all three layers from one split.)
     """
-    key_hidden, key_head = jax.random.split(key)
+    key_hidden, key_head = draws.split(key)
     return (init_scale / jnp.sqrt(width) * jax.random.normal(key_hidden, (hidden_width, width)),
             init_scale / jnp.sqrt(hidden_width) * jax.random.normal(key_head, (output_dim, hidden_width)))
 
