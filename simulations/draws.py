@@ -11,7 +11,7 @@ numbers are the same bit for bit (tests/test_draws.py).
 inside a compiled program, stay out of the fusions of the draws that use them (an optimization
 barrier; outside one they are JAX's own). Fused, XLA repeats a key's hash in its consumers and
 spends the more compiling: the supervised experiment's two quick programs took 3.6 s and 5.1 s to
-compile with JAX's own functions and 2.0 s and 3.1 s with these, for the same numbers (keys are
+compile with JAX's own functions and 2.0 s and 3.1-3.3 s with these, for the same numbers (keys are
 integers, so where they are computed cannot change a bit; tests/test_draws.py).
 
 :func:`stream_key` makes a named stream's key, ``fold_in(PRNGKey(seed), stream)``, as one small
