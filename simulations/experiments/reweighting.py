@@ -29,9 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from simulations import models
-from simulations.draws import stream_key
-from simulations.experiment import Command, Experiment, check_one_shape, run, stack
-from simulations.experiments.weighting import Diagnostics, flow_diagnostics, to_record
+from simulations.experiment import Command, Experiment, check_one_shape, run
+from simulations.experiments.weighting import Diagnostics, flow_diagnostics, initial_state, to_record
 from simulations.flow import FlowOptions, gradient_flow
 from simulations.models import heads
 from theory import reweighting as reweighting_theory
@@ -189,15 +188,8 @@ def fit(configs: Sequence[ReweightingConfig], *, options: FlowOptions | None = N
     check_one_shape(EXPERIMENT, configs)
     place = place or (lambda tree: tree)
     with jax.enable_x64(True):
-        def initialize(config):
-            init_key = stream_key(config.seed, 0)  # named split: 0 = initialization
-            return models.init_linear(init_key, config.dim, config.widths, init=config.init,
-                                      init_scale=config.init_scale)
-
-        params0 = stack([tuple(np.asarray(W) for W in initialize(c)) for c in configs])
-        args = (np.stack([np.diag(np.asarray(c.pos_cov, np.float64)) for c in configs]),
-                np.stack([np.diag(np.asarray(c.second_moment, np.float64)) for c in configs]),
-                np.asarray([c.kappa for c in configs], dtype=np.float64))
+        params0, moments = initial_state(configs)
+        args = (*moments, np.asarray([c.kappa for c in configs], dtype=np.float64))
         params0, args = place(params0), place(args)
         flow = gradient_flow(population_loss, params0, args, options=options or DEFAULT_OPTIONS, batched=True)
         pre, post, layers, head_map = (np.asarray(v) for v in jax.vmap(_measure)(flow.params, args[2]))

@@ -198,6 +198,25 @@ def flow_diagnostics(flow, predicted_loss, *, converged=None) -> Diagnostics:
                        at_saddle=np.asarray(flow.at_saddle, dtype=bool), **floats)
 
 
+def initial_state(configs: Sequence) -> tuple[tuple, tuple[np.ndarray, np.ndarray]]:
+    """Every config's initial network and diagonal moment matrices (A, B), stacked on a leading point
+    axis as host arrays, in JAX's current default float.
+
+    ``configs`` share one shape and carry ``seed``, ``dim``, ``widths``, ``init``, ``init_scale``,
+    ``pos_cov`` and ``second_moment`` (the weighting and the reweighting experiments). The network
+    of a seed comes from its named stream 0 (initialization). Host arrays (NumPy) between the
+    programs hold the same values as stacking on the device, without a small compiled program per
+    operation and batch size.
+    """
+    first = configs[0]
+    params0 = stack([tuple(np.asarray(W) for W in models.init_linear(
+        stream_key(c.seed, 0), first.dim, first.widths, init=first.init, init_scale=c.init_scale)) for c in configs])
+    dtype = params0[0].dtype
+    moments = (np.stack([np.diag(np.asarray(c.pos_cov, dtype)) for c in configs]),
+               np.stack([np.diag(np.asarray(c.second_moment, dtype)) for c in configs]))
+    return params0, moments
+
+
 def fit(configs: Sequence[WeightingConfig], *, times=None, options: FlowOptions | None = None,
         place=None) -> tuple[WeightingResult, tuple]:
     """:func:`run_batch` plus the trained layers (a tuple of L arrays with a leading point axis).
@@ -208,17 +227,8 @@ def fit(configs: Sequence[WeightingConfig], *, times=None, options: FlowOptions 
     check_one_shape(EXPERIMENT, configs)
     first = configs[0]
     with jax.enable_x64(first.precision == "float64"):
-        def initialize(seed, init_scale):
-            init_key = stream_key(seed, 0)  # named split: 0 = initialization
-            return models.init_linear(init_key, first.dim, first.widths, init=first.init, init_scale=init_scale)
-
-        # Host arrays (NumPy) between the programs: the same values as stacking on the device,
-        # without a small compiled program per operation and batch size.
-        params0 = stack([tuple(np.asarray(W) for W in initialize(c.seed, c.init_scale)) for c in configs])
-        dtype = params0[0].dtype
-        args = (np.stack([np.diag(np.asarray(c.pos_cov, dtype)) for c in configs]),
-                np.stack([np.diag(np.asarray(c.second_moment, dtype)) for c in configs]),
-                np.asarray([c.weight_decay for c in configs], dtype=dtype))
+        params0, moments = initial_state(configs)
+        args = (*moments, np.asarray([c.weight_decay for c in configs], dtype=params0[0].dtype))
         if place is not None:
             params0, args = place(params0), place(args)
         flow = gradient_flow(population_loss, params0, args, times=times, options=options or DEFAULT_OPTIONS,

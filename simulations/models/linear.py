@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from simulations import draws
-from simulations.draws import normals
 from simulations.matmul import matmul
 from simulations.programs import stored_jit
 from theory.checks import check_choice, check_float, check_int
@@ -110,12 +109,12 @@ def _init_program(key: jax.Array, scales: jax.Array, dims: tuple[int, ...], init
     if init == "balanced":
         k = min(dims)
         keys = draws.split(key, len(dims))
-        gaussians = normals(list(keys), [(rows, rows) for rows in dims])
+        gaussians = draws.normals(list(keys), [(rows, rows) for rows in dims])
         frames = [_random_orthonormal(gaussian, k) for gaussian in gaussians]
         return tuple(scales[l] * frames[l + 1] @ frames[l].T for l in layers)
     if init == "gaussian":
         keys = draws.split(key, len(dims) - 1)
-        gaussians = normals(list(keys), [(dims[l + 1], dims[l]) for l in layers])
+        gaussians = draws.normals(list(keys), [(dims[l + 1], dims[l]) for l in layers])
         # The barrier keeps XLA from fusing the scaling into the sampler, which rounds differently
         # from sampling and then scaling (the numbers of earlier versions, which ran them apart).
         return tuple(scales[l] * jax.lax.optimization_barrier(gaussians[l]) for l in layers)
