@@ -15,15 +15,19 @@ compile with JAX's own functions and 2.0 s and 3.1-3.3 s with these, for the sam
 integers, so where they are computed cannot change a bit; tests/test_draws.py).
 
 :func:`stream_key` makes a named stream's key, ``fold_in(PRNGKey(seed), stream)``, as one small
-program instead of three (each of which a process lowers and looks up in the compilation cache).
+program instead of three (each of which a process lowers and looks up in the compilation cache);
+:func:`split_normals` splits a key and draws one normal array per part, also as one program.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+
+from simulations.programs import stored_jit
 
 
 def normals(keys: Sequence[jax.Array], shapes: Sequence[tuple[int, ...]], dtypes=None) -> list[jax.Array]:
@@ -66,6 +70,18 @@ def stream_key(seed: int, stream: int) -> jax.Array:
     ``jax.random.fold_in(jax.random.PRNGKey(seed), stream)``, bit for bit, as one compiled program
     (made operation by operation it is three, each lowered and looked up in every process)."""
     return _stream_key(seed, stream)
+
+
+def split_normals(key: jax.Array, shapes: Sequence[tuple[int, ...]]) -> list[jax.Array]:
+    """``[jax.random.normal(k, shape) for k, shape in zip(jax.random.split(key, len(shapes)), shapes)]``
+    in JAX's default float, bit for bit, as one compiled program (made operation by operation, the
+    split and every draw are programs of their own, each lowered and looked up in every process)."""
+    return list(_split_normals(key, tuple(tuple(shape) for shape in shapes)))
+
+
+@functools.partial(stored_jit, static_argnums=1)
+def _split_normals(key, shapes):
+    return tuple(normals(list(split(key, len(shapes))), shapes))
 
 
 def split(key: jax.Array, num: int = 2) -> jax.Array:

@@ -125,6 +125,30 @@ def stack(trees: Sequence):
                                   else jax.numpy.stack(leaves), *trees)
 
 
+def per_distinct(function: Callable, configs: Sequence, *, ignore: tuple[str, ...] = ("seed",)) -> list:
+    """``[function(config) for config in configs]``, calling ``function`` once per distinct config.
+
+    Configs that differ only in the ``ignore`` fields share one call (the closed-form predictions
+    do not depend on the seed): a batch of seeds of one configuration computes its theory once.
+    ``function`` must not read the ignored fields. Configs with a field that cannot be hashed are
+    each called on their own.
+    """
+    names = [field.name for field in dataclasses.fields(configs[0]) if field.name not in ignore] if configs else []
+    done: dict = {}
+    out = []
+    for config in configs:
+        key = (type(config), *(getattr(config, name) for name in names))
+        try:
+            hash(key)
+        except TypeError:  # an unhashable field value
+            out.append(function(config))
+            continue
+        if key not in done:
+            done[key] = function(config)
+        out.append(done[key])
+    return out
+
+
 def check_one_shape(experiment: Experiment, configs: Sequence) -> None:
     """Raise ValueError unless ``configs`` is non-empty and shares one shape key."""
     if not configs:

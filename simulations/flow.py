@@ -22,6 +22,7 @@ simulations and closed-form trajectories share one axis.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -175,12 +176,14 @@ def _steady_event(t, t_arm, value, g2, curvature_times_g2, options):
 
 def _steady_condition(loss_fn, options):
     """The event of the solvers other than RKC: measures the loss, gradient and g^T H g itself."""
+    grad_fn, value_and_grad_fn = _derivatives(loss_fn)
+
     def condition(t, y, args, **kwargs):
         user_args, t_arm = args
-        value, grad = jax.value_and_grad(loss_fn)(y, user_args)
+        value, grad = value_and_grad_fn(y, user_args)
         flow = jax.tree_util.tree_map(jnp.negative, grad)
         g2 = sum(jnp.vdot(g, g) for g in jax.tree_util.tree_leaves(flow))
-        hvp = jax.jvp(lambda p: jax.grad(loss_fn)(p, user_args), (y,), (flow,))[1]
+        hvp = jax.jvp(lambda p: grad_fn(p, user_args), (y,), (flow,))[1]
         curvature_times_g2 = sum(
             jnp.vdot(g, h) for g, h in zip(jax.tree_util.tree_leaves(flow), jax.tree_util.tree_leaves(hvp))
         )
@@ -197,11 +200,20 @@ def _monitored_condition(options):
     return condition
 
 
+@functools.cache
+def _derivatives(loss_fn):
+    """``(grad, value_and_grad)`` of ``loss_fn``, jitted once per loss: diffrax traces a solver step
+    several times (shape passes and the loop itself), and each trace then reuses their jaxprs."""
+    return jax.jit(jax.grad(loss_fn)), jax.jit(jax.value_and_grad(loss_fn))
+
+
 def _monitor(loss_fn):
     """RKC's monitor: the loss, the flow -grad L and the Hessian-vector product at the parameters."""
+    grad_fn, value_and_grad_fn = _derivatives(loss_fn)
+
     def monitor(t, params, args):
-        value, grad = jax.value_and_grad(loss_fn)(params, args[0])
-        hessian_product = lambda u: jax.jvp(lambda p: jax.grad(loss_fn)(p, args[0]), (params,), (u,))[1]
+        value, grad = value_and_grad_fn(params, args[0])
+        hessian_product = lambda u: jax.jvp(lambda p: grad_fn(p, args[0]), (params,), (u,))[1]
         return value, jax.tree_util.tree_map(jnp.negative, grad), hessian_product
 
     return monitor
@@ -217,10 +229,12 @@ def _segment(loss_fn, options: FlowOptions, params0, user_args, t_start, t_arm, 
 
     monitored = options.solver == "rkc"
 
+    grad_fn = _derivatives(loss_fn)[0]
+
     def vector_field(t, y, args):
         if monitored:
-            return (jax.tree_util.tree_map(jnp.negative, jax.grad(loss_fn)(y[0], args[0])), jnp.zeros_like(y[1]))
-        return jax.tree_util.tree_map(jnp.negative, jax.grad(loss_fn)(y, args[0]))
+            return (jax.tree_util.tree_map(jnp.negative, grad_fn(y[0], args[0])), jnp.zeros_like(y[1]))
+        return jax.tree_util.tree_map(jnp.negative, grad_fn(y, args[0]))
 
     term = diffrax.ODETerm(vector_field)
     solver = _solver(options, _monitor(loss_fn) if monitored else None)

@@ -58,3 +58,17 @@ def test_split_and_fold_in_equal_jax_random_and_keep_keys_apart_in_programs(ours
     # inside a program the keys sit behind an optimization barrier (what makes the draws compile faster)
     assert "optimization_barrier" in str(jax.make_jaxpr(lambda k: ours(k, argument))(key))
     assert "optimization_barrier" not in str(jax.make_jaxpr(lambda k: theirs(k, argument))(key))
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_split_normals_equal_a_split_and_one_draw_per_key_bit_for_bit(x64):
+    from simulations.draws import split_normals
+
+    shapes = [(3, 2), (4,), (3, 2)]
+    with jax.enable_x64(x64):
+        key = jax.random.PRNGKey(7)
+        expected = [jax.random.normal(k, shape) for k, shape in zip(jax.random.split(key, len(shapes)), shapes)]
+        drawn = split_normals(key, shapes)
+    for want, got in zip(expected, drawn):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -406,3 +406,28 @@ def test_monitored_rkc_takes_the_steps_of_an_event_based_solve():
     assert float(out["t_final"]) == pytest.approx(float(t_final), rel=1e-10)
     for measured, reference in zip(out["params"], params):
         np.testing.assert_allclose(np.asarray(measured), np.asarray(reference), rtol=1e-10, atol=1e-12)
+
+
+_TRACES = []
+
+
+def _counted_loss(params, args):
+    """population_loss, counting its traces (a loss of its own: no other test's programs hold it)."""
+    _TRACES.append(1)
+    return population_loss(params, args)
+
+
+def test_a_flow_traces_its_loss_a_few_times_not_once_per_use():
+    # diffrax traces a solver step four times (shape passes and the loop); the loss's gradient
+    # and value-and-gradient are jitted once per loss, so those traces reuse one jaxpr each. The
+    # first flow traced the loss 23 times before (5 now: gradient, value and gradient, the
+    # certification's Hessian and gradient).
+    params = models.init_linear(jax.random.PRNGKey(0), 3, (3, 3), init="balanced", init_scale=0.3)
+    args = (jnp.diag(jnp.array([0.9, 0.5, 0.2])), jnp.diag(jnp.array([1.0, 0.6, 0.5])), jnp.zeros(()))
+    with jax.enable_x64(True):
+        result = gradient_flow(_counted_loss, params, args)
+        same = gradient_flow(population_loss, params, args)
+    assert bool(result.converged)
+    assert len(_TRACES) <= 6
+    for a, b in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(same.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -300,3 +300,40 @@ def test_quick_figure_writes_png_and_record(tmp_path, name, monkeypatch):
     record = json.loads((tmp_path / f"{name}.json").read_text())
     assert record["quick"] is True and "seed" in record
     assert module.main(["--redraw", "--out", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_inits_on_values_equal_the_operation_by_operation_jax_init_bit_for_bit(x64):
+    # On a concrete key the inits draw in one program and scale in NumPy; the reference is the
+    # same formula as eager JAX operations (what the traced path computes, op by op).
+    key = jax.random.PRNGKey(4)
+    with jax.enable_x64(x64):
+        full = relu.init_relu(key, 3, 5, 2, init_scale=0.3, bias=True)
+        key_encoder, key_head = jax.random.split(key)
+        encoder = 0.3 / jnp.sqrt(3) * jax.random.normal(key_encoder, (5, 3))
+        np.testing.assert_array_equal(full.encoder, np.asarray(encoder))
+        np.testing.assert_array_equal(full.head, np.asarray(0.3 / jnp.sqrt(5) * jax.random.normal(key_head, (2, 5))))
+        assert full.bias.dtype == full.encoder.dtype == jnp.zeros(1).dtype and not full.bias.any()
+        paired = relu.init_diagonal_relu_paired(key, 3, 2, 4, init_scale=0.2)
+        signs = jnp.where(jnp.arange(2) % 2 == 0, 1.0, -1.0)
+        np.testing.assert_array_equal(paired.encoder, np.asarray(0.2 * jnp.broadcast_to(signs, (3, 2))))
+        np.testing.assert_array_equal(paired.head, np.asarray(0.2 / jnp.sqrt(6) * jax.random.normal(key, (4, 6))))
+        assert paired.encoder.dtype == paired.head.dtype == jnp.zeros(1).dtype
+        # Traced (inside a program), the inits are JAX's as before: the same up to rounding.
+        traced = jax.jit(lambda key: relu.init_relu(key, 3, 5, 2, init_scale=0.3))(key)
+        assert isinstance(traced.encoder, jax.Array)
+        np.testing.assert_allclose(np.asarray(traced.encoder), full.encoder, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_hidden_moments_on_values_equal_the_jax_operations_bit_for_bit(monkeypatch, bias):
+    _, laws = _laws_with_bias() if bias else _laws_gaussian()
+    params = _random_params(jax.random.PRNGKey(2), laws.dim, 2, 3, bias=bias)
+    with jax.enable_x64(True):
+        bias_values = None if params.bias is None else np.asarray(params.bias)
+        host = rd.hidden_moments(laws, np.asarray(params.encoder), bias_values)
+        monkeypatch.setattr(rd, "_traced", lambda *values: True)  # the JAX branch, run operation by operation
+        eager = rd.hidden_moments(laws, params.encoder, params.bias)
+    for a, b in zip(host, eager):
+        assert isinstance(a, np.ndarray)
+        np.testing.assert_array_equal(a, np.asarray(b))

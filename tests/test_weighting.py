@@ -10,6 +10,8 @@ of one shape runs in one vmapped solve (module-scoped fixtures), and the default
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -227,3 +229,42 @@ def test_good_config_normalizes_and_quick_is_valid():
     assert WeightingConfig(**GOOD, width=5, depth=3).widths == (5, 5, 5)
     quick = WeightingConfig.quick()
     assert quick.depth == 2 and quick.init_scale > WeightingConfig().init_scale
+
+
+def test_a_batch_of_seeds_computes_its_prediction_once(monkeypatch):
+    from simulations.experiments import weighting
+
+    calls = []
+    real_predict = weighting.predict
+    monkeypatch.setattr(weighting, "predict", lambda config: calls.append(config.seed) or real_predict(config))
+    base = dict(pos_cov=(0.9, 0.3), second_moment=(1.0, 0.5), depth=2, init_scale=0.3)
+    configs = [WeightingConfig(**base, seed=seed) for seed in range(3)]
+    configs.append(WeightingConfig(**{**base, "init_scale": 0.2}, seed=0))
+    result = run_batch(configs)
+    assert calls == [0, 0]  # the three seeds share one prediction; the other init_scale has its own
+    for index, config in enumerate(configs):
+        np.testing.assert_array_equal(result.predicted[index], real_predict(config).weights)
+        np.testing.assert_array_equal(result.predicted_effective_rank[index], linear_theory.effective_rank(
+            config.pos_cov, config.second_moment, config.depth, min(config.widths)))
+
+
+def test_per_distinct_calls_once_per_config_and_keeps_the_order():
+    from simulations.experiment import per_distinct
+
+    calls = []
+    configs = [WeightingConfig(pos_cov=(0.9,), second_moment=(1.0,), init_scale=scale, seed=seed)
+               for scale, seed in ((0.1, 0), (0.2, 0), (0.1, 5), (0.2, 7))]
+    out = per_distinct(lambda config: calls.append(config) or config.init_scale, configs)
+    assert out == [0.1, 0.2, 0.1, 0.2]
+    assert calls == configs[:2]
+    assert per_distinct(lambda config: config.seed, configs, ignore=()) == [0, 0, 5, 7]
+
+    @dataclasses.dataclass(frozen=True)
+    class Listed:  # a field that cannot be hashed: every config is called on its own
+        values: list
+        seed: int = 0
+
+    calls.clear()
+    listed = [Listed([1, 2]), Listed([1, 2], seed=1)]
+    assert per_distinct(lambda config: calls.append(config) or sum(config.values), listed) == [3, 3]
+    assert calls == listed

@@ -2,7 +2,7 @@
 
 # The one place the package version is written: pyproject.toml reads it (dynamic version) and
 # simulations.__version__ re-exports it.
-__version__ = "0.4.5"
+__version__ = "0.4.6"
 
 from theory.downstream import (
     basin_is_saddle,

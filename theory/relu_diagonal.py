@@ -217,7 +217,30 @@ def ramp_moments(kind: str, std, strength, encoder, bias=None) -> RampMoments:
     if bias is not None and kind in _BIAS_FREE_KINDS:
         raise ValueError(f"kind {kind!r} has a closed form only without bias (bias=None); "
                          f"use sign_flip, drop_replace or drop_to_zero with a bias")
-    return _ramp_moments(kind, std, strength, jnp.asarray(encoder), None if bias is None else jnp.asarray(bias))
+    return _ramp_moments(kind, std, strength, _as_array(encoder), None if bias is None else _as_array(bias))
+
+
+def _as_array(value):
+    """``value`` as an array argument of a compiled program: JAX arrays and tracers as they are,
+    anything else as a NumPy array (``jnp.asarray`` would run a small program of its own)."""
+    return value if isinstance(value, jax.Array) else np.asarray(value)
+
+
+def _traced(*values) -> bool:
+    """Whether any of ``values`` (arrays or pytrees of them) is being traced by a JAX transformation."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(values))
+
+
+def _block_diag(*blocks):
+    """Block-diagonal matrix of square NumPy blocks (``scipy.linalg.block_diag`` without SciPy)."""
+    size = sum(block.shape[0] for block in blocks)
+    out = np.zeros((size, size), dtype=np.result_type(*blocks))
+    start = 0
+    for block in blocks:
+        stop = start + block.shape[0]
+        out[start:stop, start:stop] = block
+        start = stop
+    return out
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -248,7 +271,7 @@ def _ramp_moments(kind, std, strength, u, bias):
     return RampMoments(mean, second, pair)
 
 
-def hidden_moments(laws: FeatureLaws, encoder, bias=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def hidden_moments(laws: FeatureLaws, encoder, bias=None) -> tuple:
     """(A_h, B_h, mean) of the diagonal network's hidden layer h (d g channels, j-major).
 
     A_h = m m^T + blockdiag(sym P_j - m_j m_j^T), B_h = m m^T + blockdiag(S_j - m_j m_j^T).
@@ -259,18 +282,25 @@ def hidden_moments(laws: FeatureLaws, encoder, bias=None) -> tuple[jax.Array, ja
         bias: c, (d, g), or None.
 
     Returns:
-        (A_h (dg, dg), B_h (dg, dg), m (dg,)).
+        (A_h (dg, dg), B_h (dg, dg), m (dg,)): JAX arrays when traced, NumPy arrays otherwise.
     """
-    encoder = jnp.asarray(encoder)
+    # Traced (inside a loss being differentiated): JAX. Called on values: NumPy, which computes
+    # the same elementwise IEEE operations without dispatching a small program for each.
+    if _traced(encoder, bias, laws.stds, laws.strengths):
+        xp, block_diag = jnp, jax.scipy.linalg.block_diag
+    else:
+        xp, block_diag = np, _block_diag
+    encoder = xp.asarray(encoder)
     if encoder.ndim != 2 or encoder.shape[0] != laws.dim:
         raise ValueError(f"encoder must have shape ({laws.dim}, g), got {encoder.shape}")
-    stds, strengths = jnp.asarray(laws.stds), jnp.asarray(laws.strengths)
+    stds, strengths = xp.asarray(laws.stds), xp.asarray(laws.strengths)
     blocks = [ramp_moments(kind, stds[j], strengths[j], encoder[j], None if bias is None else bias[j])
               for j, kind in enumerate(laws.kinds)]
-    mean = jnp.concatenate([b.mean for b in blocks])
+    blocks = [RampMoments(*(xp.asarray(field) for field in block)) for block in blocks]
+    mean = xp.concatenate([b.mean for b in blocks])
     outer = mean[:, None] * mean[None, :]
-    pos = jax.scipy.linalg.block_diag(*[(b.pair + b.pair.T) / 2 - b.mean[:, None] * b.mean[None, :] for b in blocks])
-    sec = jax.scipy.linalg.block_diag(*[b.second - b.mean[:, None] * b.mean[None, :] for b in blocks])
+    pos = block_diag(*[(b.pair + b.pair.T) / 2 - b.mean[:, None] * b.mean[None, :] for b in blocks])
+    sec = block_diag(*[b.second - b.mean[:, None] * b.mean[None, :] for b in blocks])
     return outer + pos, outer + sec, mean
 
 
@@ -432,7 +462,7 @@ def decodability(params, laws: FeatureLaws, *, ridge: float, head_matrix=None) -
                                             None if bias is None else bias[j], attribute)
                 crosses[attribute].append(np.asarray(cross))
                 variances[attribute].append(float(var))
-    cov_h = np.asarray(jax.scipy.linalg.block_diag(*covs))
+    cov_h = _block_diag(*covs)
     out = {}
     for layer, P in (("pre", np.eye(d * g)), ("post", head)):
         cov = P @ cov_h @ P.T

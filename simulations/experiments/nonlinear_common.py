@@ -152,7 +152,7 @@ class NonlinearResult(NamedTuple):
 
 def initialize(config) -> NonlinearParams:
     """Both nets at init; the linear net uses the full ReLU net's init law."""
-    key = draws.fold_in(jax.random.PRNGKey(config.seed), INIT_STREAM)
+    key = draws.stream_key(config.seed, INIT_STREAM)
     key_relu, key_linear = draws.split(key)
     if config.network == "diagonal":
         relu_params = relu.init_diagonal_relu_paired(key_relu, config.dim, config.group, config.head_width,

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simulations import models
-from simulations.experiment import Command, Experiment, check_one_shape, run
+from simulations.experiment import Command, Experiment, check_one_shape, per_distinct, run
 from simulations.experiments.weighting import Diagnostics, flow_diagnostics, initial_state, to_record
 from simulations.flow import FlowOptions, gradient_flow
 from simulations.models import heads
@@ -193,7 +193,7 @@ def fit(configs: Sequence[ReweightingConfig], *, options: FlowOptions | None = N
         params0, args = place(params0), place(args)
         flow = gradient_flow(population_loss, params0, args, options=options or DEFAULT_OPTIONS, batched=True)
         pre, post, layers, head_map = (np.asarray(v) for v in jax.vmap(_measure)(flow.params, args[2]))
-        predictions = [predict(config) for config in configs]
+        predictions = per_distinct(predict, configs)
     shares = head_map**2 / np.maximum(np.sum(head_map**2, axis=1, keepdims=True), 1e-300)
     learned = post > 1e-3 * np.maximum(post.max(axis=1, keepdims=True), 1e-300)
     ranks = np.stack([p.coordinates for p in predictions])

@@ -19,7 +19,7 @@ import numpy as np
 
 from simulations import measure, models
 from simulations.draws import stream_key
-from simulations.experiment import Command, Experiment, check_one_shape, run, stack
+from simulations.experiment import Command, Experiment, check_one_shape, per_distinct, run, stack
 from simulations.flow import FlowOptions, gradient_flow
 from simulations.losses import spectral_population_loss, weight_decay_penalty
 from theory import linear as linear_theory
@@ -183,6 +183,13 @@ def predict(config: WeightingConfig) -> Prediction:
     return Prediction(weights, weights * np.sqrt(b)[None, :], loss)
 
 
+def predicted_effective_rank(config: WeightingConfig) -> np.ndarray:
+    """Closed-form effective rank of every layer (NaN with weight decay, where none is derived)."""
+    if config.weight_decay != 0:
+        return np.full(config.depth, np.nan)
+    return linear_theory.effective_rank(config.pos_cov, config.second_moment, config.depth, min(config.widths))
+
+
 def shape_key(config: WeightingConfig) -> tuple:
     """The fields that change array shapes: configs with equal keys run as one batch."""
     return (config.dim, config.widths, config.init, config.precision)
@@ -235,11 +242,10 @@ def fit(configs: Sequence[WeightingConfig], *, times=None, options: FlowOptions 
                              batched=True)
         measured = measure.feature_weights_batch(flow.params)
         trajectory = None if times is None else measure.trajectory_feature_weights(flow.trajectory)
-        predictions = [predict(config) for config in configs]
+        predictions = per_distinct(predict, configs)
         b = np.asarray([config.second_moment for config in configs])
         effective_rank = measure.effective_rank_batch(flow.params, b)
-        predicted_rank = np.stack([linear_theory.effective_rank(c.pos_cov, c.second_moment, c.depth, min(c.widths))
-                                   if c.weight_decay == 0 else np.full(c.depth, np.nan) for c in configs])
+        predicted_rank = np.stack(per_distinct(predicted_effective_rank, configs))
     result = WeightingResult(
         measured=measured, predicted=np.stack([p.weights for p in predictions]),
         measured_stds=measured * np.sqrt(b)[:, None, :], predicted_stds=np.stack([p.stds for p in predictions]),
