@@ -89,14 +89,11 @@ def _store() -> Path | None:
     return Path(cache) / STORE_DIRECTORY if cache else None
 
 
-_typeof = getattr(jax, "typeof", None) or jax.api_util.shaped_abstractify  # older JAX lacks typeof
-_MISSING = object()
-
-
 def _aval_token(tree) -> str:
     """Tree structure, shapes, dtypes and weak types of the dynamic arguments."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return str(treedef) + ";" + ";".join(str(_typeof(leaf)) for leaf in leaves)
+    typeof = getattr(jax, "typeof", None) or jax.api_util.shaped_abstractify  # older JAX lacks typeof
+    return str(treedef) + ";" + ";".join(str(typeof(leaf)) for leaf in leaves)
 
 
 class StoredJit:
@@ -110,42 +107,20 @@ class StoredJit:
         self.name = f"{fun.__module__}.{fun.__qualname__}"
         self.storable = _static_token(fun) is not None  # its source is part of the fingerprint
         self._programs: dict[tuple[str, str], Callable] = {}
-        self._by_signature: dict[tuple, Callable | None] = {}
         functools.update_wrapper(self, fun)
 
     def __call__(self, *args, **kwargs):
         store = _store()
-        if store is None or not self.storable:
-            return self.jitted(*args, **kwargs)
-        dynamic = tuple(arg for i, arg in enumerate(args) if i not in self.static_argnums)
-        leaves, treedef = jax.tree_util.tree_flatten(dynamic)
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):  # under vmap or grad: plain jit
-            return self.jitted(*args, **kwargs)
-        # A call like an earlier one finds its program by this signature, without building the key
-        # text (about 50 us a call: it matters to batches solved point by point).
-        try:
-            signature = (str(store), bool(jax.config.jax_enable_x64), threefry.installed(), _equinox_errors(),
-                         treedef, tuple(args[i] for i in self.static_argnums), tuple(sorted(kwargs.items())),
-                         tuple(_typeof(leaf) for leaf in leaves))
-            program = self._by_signature.get(signature, _MISSING)
-        except TypeError:  # an unhashable static or keyword value
-            signature, program = None, _MISSING
-        if program is _MISSING:
-            program = self._program(store, args, kwargs, dynamic)
-            if signature is not None:
-                self._by_signature[signature] = program
-        return self.jitted(*args, **kwargs) if program is None else program(*dynamic)
-
-    def _program(self, store: Path, args, kwargs, dynamic) -> Callable | None:
-        """The stored program of this call (loaded, or exported first), or None for a plain jitted call."""
         static = [args[i] for i in self.static_argnums]
         named = dict(sorted(kwargs.items()))
         tokens = [_static_token(value) for value in static]
         for name, value in named.items():  # any keyword that is not static makes the call a plain jitted one
             token = _static_token(value) if name in self.static_argnames else None
             tokens.append(None if token is None else f"{name}={token}")
-        if None in tokens:
-            return None
+        dynamic = tuple(arg for i, arg in enumerate(args) if i not in self.static_argnums)
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(dynamic))
+        if store is None or not self.storable or None in tokens or traced:  # (under vmap or grad: plain jit)
+            return self.jitted(*args, **kwargs)
         key = "|".join([self.name, *tokens, _aval_token(dynamic), str(bool(jax.config.jax_enable_x64)),
                         jax.default_backend(), jax.__version__, _jaxlib_version(), _equinox_errors(),
                         f"threefry={threefry.installed()}", _source_fingerprint()])
@@ -155,7 +130,7 @@ class StoredJit:
             with _lock:
                 program = self._programs.get(memo) or self._load_or_export(store, key, static, named, dynamic)
                 self._programs[memo] = program
-        return program
+        return program(*dynamic)
 
     def _merged(self, static, dynamic) -> list:
         """The full argument list from the static and the dynamic arguments."""

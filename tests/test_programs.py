@@ -230,24 +230,6 @@ def test_static_keyword_arguments_key_the_program(store, monkeypatch):
         programs.stored_jit(_scaled_sum, static_argnames=("power",))(x, y, power=2, label="a")
 
 
-def test_repeated_calls_find_their_program_without_building_its_key(store, monkeypatch):
-    monkeypatch.setattr(_scaled_sum, "__module__", "simulations.stand_in")  # as if defined in the package
-    run = programs.stored_jit(_scaled_sum, static_argnames=("power", "label"))
-    keys = []
-    real_token = programs._aval_token
-    monkeypatch.setattr(programs, "_aval_token", lambda tree: keys.append(1) or real_token(tree))
-    x, y = jnp.arange(3.0), jnp.asarray(1.0)
-    for _ in range(3):
-        assert float(run(x, y, power=2, label="a")) == 6.0
-    assert len(keys) == 1
-    assert float(run(x, y, power=3, label="a")) == 10.0  # another static value: its own program
-    assert float(run(jnp.arange(4.0), y, power=2, label="a")) == 15.0  # another shape
-    assert float(run(x.astype(jnp.float32), y, power=2, label="a")) == 6.0  # another dtype
-    assert len(keys) == 4
-    assert float(run(jnp.arange(3.0) + 1, y, power=2, label="a")) == 15.0  # new values, same program
-    assert len(keys) == 4
-
-
 def test_calls_under_a_transformation_use_the_plain_program(store):
     # A stored program cannot be vmapped or differentiated; inside vmap (as when a batch of inits
     # is drawn at once) the call is traced into the enclosing program, even once it is stored.
