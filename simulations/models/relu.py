@@ -74,6 +74,9 @@ def init_relu(key: jax.Array, input_dim: int, width: int, output_dim: int, *,
         output_dim: k >= 1 (head outputs).
         init_scale: eps > 0.
         bias: train a bias c (initialized at 0).
+
+    Returns NumPy arrays for a concrete key (drawn in one program, scaled on the host: the same
+    numbers as the JAX operations) and JAX arrays inside a traced program.
     """
     d = check_int("input_dim", input_dim, minimum=1)
     m = check_int("width", width, minimum=1)
@@ -156,7 +159,8 @@ def init_diagonal_relu_paired(key: jax.Array, input_dim: int, group: int, output
     never x_j itself; gradient flow cannot flip a sign (u_c^2 - |V_:,c|^2 is conserved), so the
     orientation chosen at init is permanent. Fixed magnitudes eps also keep every channel the
     same distance above the unstable root that weight decay creates near zero. The head is
-    N(0, eps^2 / (d g)) as in :func:`init_diagonal_relu`.
+    N(0, eps^2 / (d g)) as in :func:`init_diagonal_relu`. Like :func:`init_relu`, it returns NumPy
+    arrays for a concrete key and JAX arrays inside a traced program, with the same numbers.
     """
     d = check_int("input_dim", input_dim, minimum=1)
     g = check_int("group", group, minimum=1)
