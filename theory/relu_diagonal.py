@@ -232,7 +232,8 @@ def _traced(*values) -> bool:
 
 
 def _block_diag(*blocks):
-    """Block-diagonal matrix of square NumPy blocks (``scipy.linalg.block_diag`` without SciPy)."""
+    """Block-diagonal matrix of square NumPy blocks: ``scipy.linalg.block_diag``, whose import
+    (about 0.15 s) no process here otherwise pays."""
     size = sum(block.shape[0] for block in blocks)
     out = np.zeros((size, size), dtype=np.result_type(*blocks))
     start = 0

@@ -82,16 +82,15 @@ def init_relu(key: jax.Array, input_dim: int, width: int, output_dim: int, *,
     m = check_int("width", width, minimum=1)
     k = check_int("output_dim", output_dim, minimum=1)
     eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
-    if not isinstance(key, jax.core.Tracer):  # on values: one program draws, NumPy scales
-        encoder_draw, head_draw = (np.asarray(draw) for draw in draws.split_normals(key, [(m, d), (k, m)]))
-        real = encoder_draw.dtype.type  # the same IEEE operations as below, in the draws' float
-        encoder = real(eps) / np.sqrt(real(d)) * encoder_draw
-        head = real(eps) / np.sqrt(real(m)) * head_draw
-        return ReLUParams(encoder, np.zeros(m, encoder.dtype) if bias else None, head)
-    key_encoder, key_head = draws.split(key)
-    encoder = eps / jnp.sqrt(d) * jax.random.normal(key_encoder, (m, d))
-    head = eps / jnp.sqrt(m) * jax.random.normal(key_head, (k, m))
-    return ReLUParams(encoder, jnp.zeros(m) if bias else None, head)
+    if isinstance(key, jax.core.Tracer):
+        key_encoder, key_head = draws.split(key)
+        xp, encoder_draw, head_draw = jnp, jax.random.normal(key_encoder, (m, d)), jax.random.normal(key_head, (k, m))
+    else:  # on values: one program draws, NumPy scales (the same IEEE operations)
+        xp, (encoder_draw, head_draw) = np, (np.asarray(x) for x in draws.split_normals(key, [(m, d), (k, m)]))
+    real = encoder_draw.dtype.type  # the draws' float
+    encoder = real(eps) / xp.sqrt(real(d)) * encoder_draw
+    head = real(eps) / xp.sqrt(real(m)) * head_draw
+    return ReLUParams(encoder, xp.zeros(m, encoder.dtype) if bias else None, head)
 
 
 def init_diagonal_relu(key: jax.Array, input_dim: int, group: int, output_dim: int, *,
@@ -166,14 +165,11 @@ def init_diagonal_relu_paired(key: jax.Array, input_dim: int, group: int, output
     g = check_int("group", group, minimum=1)
     k = check_int("output_dim", output_dim, minimum=1)
     eps = check_float("init_scale", init_scale, minimum=0.0, strict_minimum=True)
-    if not isinstance(key, jax.core.Tracer):  # on values: one program draws, NumPy scales
-        head_draw = np.asarray(jax.random.normal(key, (k, d * g)))
-        real = head_draw.dtype.type  # the same IEEE operations as below, in the draw's float
-        signs = np.where(np.arange(g) % 2 == 0, real(1.0), real(-1.0))
-        encoder = real(eps) * np.broadcast_to(signs, (d, g))
-        head = real(eps) / np.sqrt(real(d * g)) * head_draw
-        return DiagonalReLUParams(encoder, np.zeros((d, g), encoder.dtype) if bias else None, head)
-    signs = jnp.where(jnp.arange(g) % 2 == 0, 1.0, -1.0)
-    encoder = eps * jnp.broadcast_to(signs, (d, g))
-    head = eps / jnp.sqrt(d * g) * jax.random.normal(key, (k, d * g))
-    return DiagonalReLUParams(encoder, jnp.zeros((d, g)) if bias else None, head)
+    head_draw = jax.random.normal(key, (k, d * g))
+    traced = isinstance(key, jax.core.Tracer)  # on values: NumPy scales (the same IEEE operations)
+    xp, head_draw = (jnp, head_draw) if traced else (np, np.asarray(head_draw))
+    real = head_draw.dtype.type  # the draw's float
+    signs = xp.where(xp.arange(g) % 2 == 0, real(1.0), real(-1.0))
+    encoder = real(eps) * xp.broadcast_to(signs, (d, g))
+    head = real(eps) / xp.sqrt(real(d * g)) * head_draw
+    return DiagonalReLUParams(encoder, xp.zeros((d, g), encoder.dtype) if bias else None, head)
